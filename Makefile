@@ -1,0 +1,36 @@
+# dbconn: one entry point for every habit. `make help` lists the targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+BED_DIR ?= /tmp/dbconn-bed
+
+.PHONY: help setup demo test lint generate bed-up bed-down build clean-bed
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+setup: ## install PostgreSQL, PgBouncer and build kube-apiserver/etcd/helm once (cached in ~/.cache/dbconn)
+	scripts/setup.sh
+
+demo: setup ## start the local bed, install the CRDs and the quickstart connection
+	scripts/demo.sh
+
+test: setup lint ## fmt + clippy, unit tests, integration tests on a fresh local bed
+	scripts/with-bed.sh $(CARGO) test --workspace --locked -- --show-output
+
+lint: ## cargo fmt --check and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+generate: ## regenerate crds/ and the chart's copy from src/api/
+	$(CARGO) run -q --bin dbconn -- crd --write crds --write charts/dbconn/crds
+
+build: ## release build of the dbconn binary
+	$(CARGO) build --release --locked --bin dbconn
+
+bed-up: setup ## start the test bed in the background and print KUBECONFIG=, DATABASE_URL=, PGSSLROOTCERT=
+	@$(CARGO) build -q -p testbed
+	@target/debug/testbed --dir $(BED_DIR) up
+
+bed-down: ## stop the test bed and remove its files
+	@$(CARGO) build -q -p testbed
+	@target/debug/testbed --dir $(BED_DIR) down

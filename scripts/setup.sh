@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs everything dbconn's demo and tests need on a fresh machine, idempotently:
+# Debian's PostgreSQL (server, psql, pgbench) and PgBouncer, and Go builds of kube-apiserver,
+# etcd, helm and kubeconform cached in ~/.cache/dbconn (see build-controlplane.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "[setup] $*" >&2; }
+
+need_apt=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql postgresql-contrib)
+command -v psql >/dev/null || need_apt+=(postgresql-client)
+command -v pgbouncer >/dev/null || need_apt+=(pgbouncer)
+command -v runuser >/dev/null || need_apt+=(util-linux)
+command -v setsid >/dev/null || need_apt+=(util-linux)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_apt[*]}"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The package starts a system-wide cluster; the test bed runs its own, so stop that one.
+  if command -v pg_lsclusters >/dev/null; then
+    pg_lsclusters -h 2>/dev/null | while read -r ver name _; do $SUDO pg_ctlcluster "$ver" "$name" stop 2>/dev/null || true; done
+  fi
+fi
+command -v kubectl >/dev/null || { log "kubectl is missing: install it (it ships on the machine image)"; exit 1; }
+command -v go >/dev/null || { log "go is missing: install Go 1.24+ to build the control plane"; exit 1; }
+
+scripts/build-controlplane.sh >/dev/null
+log "ready: PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1), control plane in ${DBCONN_CACHE:-$HOME/.cache/dbconn}/bin"

@@ -1,0 +1,336 @@
+//! `DatabaseConnection`: the connection an application needs, in the application's namespace.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Conditions, CredentialsSecretRef, SecretKeyRef, TlsSpec};
+
+/// A least-privilege PostgreSQL role for an application, with its connection details
+/// materialized into a Secret in the same namespace.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "dbconn.io",
+    version = "v1alpha1",
+    kind = "DatabaseConnection",
+    plural = "databaseconnections",
+    shortname = "dbconn",
+    namespaced,
+    status = "DatabaseConnectionStatus",
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Server", "type": "string", "jsonPath": ".status.server"}"#,
+    printcolumn = r#"{"name": "Role", "type": "string", "jsonPath": ".spec.role.name"}"#,
+    printcolumn = r#"{"name": "Secret", "type": "string", "jsonPath": ".status.secretName"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.serverRef) ? 1 : 0) + (has(self.server) && has(self.server.url) ? 1 : 0) + (has(self.server) && has(self.server.urlSecretRef) ? 1 : 0) + (has(self.server) && has(self.server.host) ? 1 : 0) == 1"
+).message("set exactly one server source: serverRef, server.url, server.urlSecretRef or server.host"))]
+#[x_kube(validation = Rule::new(
+    "has(oldSelf.serverRef) == has(self.serverRef) && (!has(self.serverRef) || self.serverRef == oldSelf.serverRef)"
+).message("serverRef is immutable: create a new DatabaseConnection to use another server"))]
+pub struct DatabaseConnectionSpec {
+    /// Name of a cluster-scoped DatabaseServer to connect through. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_ref: Option<String>,
+    /// The server, given inline instead of through a DatabaseServer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<InlineServer>,
+    /// The application's database, where privileges are granted and checked.
+    #[schemars(length(min = 1, max = 63))]
+    pub database: String,
+    /// The application's role.
+    pub role: RoleSpec,
+    /// Preset privileges on `schemas`: readOnly (CONNECT, USAGE, SELECT on tables and
+    /// sequences), readWrite (plus INSERT, UPDATE, DELETE, TRUNCATE, sequence USAGE/UPDATE,
+    /// EXECUTE on functions), owner (plus CREATE on the schemas) or none.
+    #[serde(default)]
+    pub access: Access,
+    /// Schemas that `access` applies to.
+    #[serde(default = "default_schemas")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
+    #[x_kube(validation = Rule::new("self.all(s, size(bytes(s)) <= 63 && !s.contains('\\u0000'))").message(
+        "schema names are 1 to 63 bytes without NUL (PostgreSQL would silently truncate longer names)"
+    ))]
+    pub schemas: Vec<String>,
+    /// Privileges in addition to `access`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub grants: Vec<Grant>,
+    /// The Secret that receives the connection details.
+    #[serde(default)]
+    pub secret: SecretSpec,
+    /// The pooling sidecar injected into pods that ask for this connection.
+    #[serde(default)]
+    pub pooler: PoolerSpec,
+    /// What happens to the role when this resource is deleted: Retain (keep role and
+    /// grants), Revoke (revoke what dbconn granted) or Delete (drop the role).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn default_schemas() -> Vec<String> {
+    vec!["public".into()]
+}
+
+/// A server given inline: a URL, a URL in a Secret, or host/port/database.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.tls.sslmode != 'verify-full' || (has(self.host) && size(self.host) > 0) || has(self.url) || has(self.urlSecretRef) || has(self.tls.serverName)"
+).message("sslmode verify-full checks the server's name: set host (or a url) or tls.serverName"))]
+pub struct InlineServer {
+    /// `postgres://user@host:port/db?sslmode=...`, without a password: put a URL with a
+    /// password into a Secret and use urlSecretRef.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(
+        "!self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*:[^/?#@]*@') && !self.matches('[?&]password=')"
+    ).message("server.url must not contain a password: put the URL in a Secret and use server.urlSecretRef, or use server.adminSecretRef"))]
+    #[x_kube(validation = Rule::new("self.startsWith('postgres://') || self.startsWith('postgresql://')").message(
+        "server.url must start with postgres:// or postgresql://"
+    ))]
+    pub url: Option<String>,
+    /// A Secret key holding a URL (the "environment variable" form); key defaults to `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<SecretKeyRef>,
+    /// Host name or IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub host: Option<String>,
+    /// TCP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// Database for administrative sessions (default `postgres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub database: Option<String>,
+    /// TLS settings; verify-full unless set otherwise.
+    #[serde(default)]
+    pub tls: TlsSpec,
+    /// Admin credentials in this namespace. Without them (and without a user in the URL
+    /// Secret) dbconn only validates: the role must exist and its password comes from
+    /// role.passwordSecretRef.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_secret_ref: Option<CredentialsSecretRef>,
+}
+
+/// The application's role.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleSpec {
+    /// Role name: 1 to 63 bytes, no NUL. Quotes, spaces, capitals and unicode are fine.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("size(bytes(self)) <= 63 && !self.contains('\\u0000')").message(
+        "role.name must be 1 to 63 bytes without NUL (PostgreSQL would silently truncate a longer name)"
+    ))]
+    pub name: String,
+    /// Create the role when it does not exist.
+    #[serde(default = "default_true")]
+    pub create: bool,
+    /// CONNECTION LIMIT of the role; -1 for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1, max = 100000))]
+    pub connection_limit: Option<i32>,
+    /// The role's password, from a Secret in this namespace (key defaults to `password`).
+    /// Without it dbconn generates one once and keeps it in the connection's Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Preset privileges.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Access {
+    /// CONNECT; USAGE on the schemas; SELECT on their tables and sequences.
+    #[default]
+    ReadOnly,
+    /// readOnly plus INSERT, UPDATE, DELETE, TRUNCATE; USAGE, UPDATE on sequences;
+    /// EXECUTE on functions.
+    ReadWrite,
+    /// readWrite plus CREATE on the schemas.
+    Owner,
+    /// Nothing beyond CONNECT; only `grants`.
+    None,
+}
+
+/// Privileges on one database, schema, or set of objects in a schema. Without `schema`
+/// the privileges are on the database; with `schema` and none of tables/sequences/functions,
+/// on the schema.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.tables) ? 1 : 0) + (has(self.sequences) ? 1 : 0) + (has(self.functions) ? 1 : 0) <= 1").message(
+    "a grant names one kind of object: tables, sequences or functions (use one grant each)"
+))]
+#[x_kube(validation = Rule::new("has(self.schema) || !(has(self.tables) || has(self.sequences) || has(self.functions))").message(
+    "tables, sequences and functions live in a schema: set grants[].schema"
+))]
+#[x_kube(validation = Rule::new(
+    "has(self.tables) ? self.privileges.all(p, p in ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER', 'ALL']) : has(self.sequences) ? self.privileges.all(p, p in ['USAGE', 'SELECT', 'UPDATE', 'ALL']) : has(self.functions) ? self.privileges.all(p, p in ['EXECUTE', 'ALL']) : has(self.schema) ? self.privileges.all(p, p in ['USAGE', 'CREATE', 'ALL']) : self.privileges.all(p, p in ['CONNECT', 'CREATE', 'TEMPORARY', 'ALL'])"
+).message(
+    "privilege does not apply to this object: tables take SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER; sequences USAGE, SELECT, UPDATE; functions EXECUTE; schemas USAGE, CREATE; the database CONNECT, CREATE, TEMPORARY; any of them ALL"
+))]
+pub struct Grant {
+    /// Schema of the objects (or the schema itself when no objects are named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub schema: Option<String>,
+    /// Table (and view) names, or `*` for every table in the schema, now and later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 63)))]
+    pub tables: Option<Vec<String>>,
+    /// Sequence names, or `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 63)))]
+    pub sequences: Option<Vec<String>>,
+    /// Function names (all overloads), or `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 63)))]
+    pub functions: Option<Vec<String>>,
+    /// The privileges, in PostgreSQL's spelling.
+    #[schemars(length(min = 1, max = 16))]
+    pub privileges: Vec<Privilege>,
+}
+
+/// A PostgreSQL privilege.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Privilege {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    References,
+    Trigger,
+    Usage,
+    Create,
+    Connect,
+    Temporary,
+    Execute,
+    All,
+}
+
+/// The Secret dbconn writes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretSpec {
+    /// Name of the Secret; defaults to the DatabaseConnection's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+    /// Extra keys rendered from templates over the connection fields, for example
+    /// `DATABASE_URL: "{{ uri }}"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub template: BTreeMap<String, String>,
+}
+
+/// The pooling sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolerSpec {
+    /// Point the Secret's `uri` and PG* keys at the sidecar on 127.0.0.1.
+    #[serde(default)]
+    pub enabled: bool,
+    /// transaction (a server connection per transaction) or session (per client).
+    #[serde(default)]
+    pub mode: PoolMode,
+    /// Server connections the sidecar keeps at most.
+    #[serde(default = "default_pool_size")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub pool_size: i32,
+    /// Loopback port the sidecar listens on.
+    #[serde(default = "default_pooler_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for PoolerSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mode: PoolMode::default(),
+            pool_size: default_pool_size(),
+            port: default_pooler_port(),
+        }
+    }
+}
+
+fn default_pool_size() -> i32 {
+    5
+}
+
+fn default_pooler_port() -> i32 {
+    6432
+}
+
+/// How the pooler shares server connections.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PoolMode {
+    /// A server connection is held for one transaction.
+    #[default]
+    Transaction,
+    /// A server connection is held for the client's whole session.
+    Session,
+}
+
+/// What deleting a DatabaseConnection does to its role.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the role and its privileges.
+    #[default]
+    Retain,
+    /// Revoke the privileges dbconn granted; keep the role.
+    Revoke,
+    /// Drop the role, reassigning or dropping what it owns.
+    Delete,
+}
+
+/// What dbconn last observed of the connection.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseConnectionStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// ServerReachable, RoleReady, GrantsApplied, SecretReady and Ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Conditions,
+    /// The server this connection uses, as `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The server's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// The Secret holding the connection details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// What the role can really do, checked by logging in as it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileges: Option<PrivilegeSummary>,
+}
+
+/// Counts of desired privileges the role has and lacks.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivilegeSummary {
+    /// Desired privileges the role has.
+    pub granted: i64,
+    /// Desired privileges the role lacks.
+    pub missing: i64,
+    /// The first few missing privileges, as `SELECT on TABLE "s"."t"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_examples: Vec<String>,
+}

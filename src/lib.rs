@@ -1,0 +1,5 @@
+//! dbconn: a Kubernetes operator and a per-pod pooling sidecar that give workloads a
+//! least-privilege PostgreSQL connection.
+
+pub mod api;
+pub mod postgres;
