@@ -20,7 +20,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   # The package starts a system-wide cluster; the test bed runs its own, so stop that one.
   if command -v pg_lsclusters >/dev/null; then
-    pg_lsclusters -h 2>/dev/null | while read -r ver name _; do $SUDO pg_ctlcluster "$ver" "$name" stop 2>/dev/null || true; done
+    pg_lsclusters -h 2>/dev/null | while read -r ver name _; do $SUDO pg_ctlcluster "$ver" "$name" stop >/dev/null 2>&1 || true; done
   fi
 fi
 command -v kubectl >/dev/null || { log "kubectl is missing: install it (it ships on the machine image)"; exit 1; }
