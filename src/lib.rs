@@ -2,4 +2,6 @@
 //! least-privilege PostgreSQL connection.
 
 pub mod api;
+pub mod operator;
 pub mod postgres;
+pub mod telemetry;

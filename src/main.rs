@@ -18,6 +18,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller for DatabaseConnections and DatabaseServers.
+    Operator {
+        /// The operator's namespace: DatabaseServer Secrets are read here.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "dbconn-system")]
+        namespace: String,
+        /// Seconds between re-validations of a Ready connection (repairs drift).
+        #[arg(long, env = "DBCONN_REVALIDATE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+        revalidate_seconds: u64,
+        /// Log as JSON lines.
+        #[arg(long, env = "DBCONN_LOG_JSON")]
+        log_json: bool,
+    },
     /// Print the CRDs generated from the Rust types (or write one file each into directories).
     Crd {
         /// Write `<crd name>.yaml` files into this directory instead of printing; repeatable.
@@ -30,6 +42,24 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd { write } => crd(&write),
+        Command::Operator {
+            namespace,
+            revalidate_seconds,
+            log_json,
+        } => {
+            dbconn::telemetry::init(log_json);
+            let settings = dbconn::operator::Settings {
+                namespace,
+                revalidate: std::time::Duration::from_secs(revalidate_seconds),
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(async {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("connecting to Kubernetes (KUBECONFIG or in-cluster)")?;
+                dbconn::operator::run(client, settings).await
+            })
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{install_crds, kubectl, kubectl_ok, namespace, repo};
+use support::{install_crds, kubectl, kubectl_eventually, kubectl_ok, namespace, repo};
 
 #[test]
 fn committed_crds_match_what_dbconn_crd_prints() {
@@ -26,10 +26,10 @@ fn committed_crds_match_what_dbconn_crd_prints() {
 #[test]
 fn crds_install_and_kubectl_explain_shows_the_field_docs() {
     install_crds();
-    let explain = kubectl_ok(&["explain", "databaseconnection.spec"]);
+    let explain = kubectl_eventually(&["explain", "databaseconnection.spec"], 60);
     assert!(explain.contains("serverRef"), "{explain}");
     assert!(explain.contains("The application's database"), "{explain}");
-    let explain = kubectl_ok(&["explain", "databaseserver.spec.tls.sslmode"]);
+    let explain = kubectl_eventually(&["explain", "databaseserver.spec.tls.sslmode"], 60);
     assert!(explain.contains("verify-full"), "{explain}");
     println!("kubectl explain databaseconnection.spec:\n{explain}");
 }

@@ -159,7 +159,7 @@ pub enum Access {
     ReadWrite,
     /// readWrite plus CREATE on the schemas.
     Owner,
-    /// Nothing beyond CONNECT; only `grants`.
+    /// No preset: only `grants`.
     None,
 }
 

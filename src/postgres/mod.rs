@@ -2,7 +2,11 @@
 //! the operator and by `dbconn check`.
 
 pub mod connect;
+pub mod privileges;
+pub mod quote;
+pub mod role;
 pub mod tls;
+pub mod url;
 
 pub use connect::{ConnectError, Endpoint, Session, connect};
 pub use tls::TlsMaterial;

@@ -89,3 +89,99 @@ pub fn namespace(prefix: &str) -> String {
     kubectl_ok(&["create", "namespace", &ns]);
     ns
 }
+
+/// Starts `dbconn operator` against the bed once for this test binary, logging to a file.
+/// A watchdog stops it when the test binary exits, even after a panic.
+pub fn operator_log() -> &'static Path {
+    static LOG: OnceLock<PathBuf> = OnceLock::new();
+    LOG.get_or_init(|| {
+        install_crds();
+        kubectl(&["create", "namespace", "dbconn-system"]);
+        let log = std::env::temp_dir().join(format!("dbconn-operator-{}.log", std::process::id()));
+        let script = "\"$0\" operator --revalidate-seconds 20 >\"$1\" 2>&1 & op=$!; \
+                      while kill -0 \"$2\" 2>/dev/null && kill -0 $op 2>/dev/null; do sleep 1; done; kill $op 2>/dev/null";
+        let mut watchdog = Command::new("setsid")
+            .args(["sh", "-c", script, env!("CARGO_BIN_EXE_dbconn")])
+            .arg(&log)
+            .arg(std::process::id().to_string())
+            .env("KUBECONFIG", &bed().kube.kubeconfig)
+            .env("POD_NAMESPACE", "dbconn-system")
+            .env("RUST_LOG", "info,dbconn=debug")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("starting dbconn operator");
+        // Reaped in the background; it ends with the operator or with this process.
+        std::thread::spawn(move || watchdog.wait());
+        log
+    })
+}
+
+/// Polls a jsonpath of an object until it equals `want` (at most `secs` seconds).
+pub fn wait_for(kind: &str, ns: &str, name: &str, jsonpath: &str, want: &str, secs: u64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let out = kubectl(&[
+            "get",
+            kind,
+            "-n",
+            ns,
+            name,
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ]);
+        let got = String::from_utf8_lossy(&out.stdout).into_owned();
+        if got == want {
+            return got;
+        }
+        if std::time::Instant::now() > deadline {
+            let dump = kubectl_ok(&["get", kind, "-n", ns, name, "-o", "yaml"]);
+            panic!(
+                "{kind} {ns}/{name}: {jsonpath} is {got:?}, not {want:?} after {secs}s:\n{dump}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// Applies a YAML document given as text.
+pub fn apply_yaml(yaml: &str) {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", bed().kube.kubeconfig.display()))
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("kubectl apply");
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}\n{yaml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs kubectl until it succeeds (for example while the apiserver still publishes a new
+/// CRD's OpenAPI), at most `secs` seconds.
+pub fn kubectl_eventually(args: &[&str], secs: u64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let out = kubectl(args);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubectl {args:?} kept failing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

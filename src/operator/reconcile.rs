@@ -1,0 +1,488 @@
+//! The DatabaseConnection reconcile, as a pipeline: resolve references → connect → ensure
+//! the role → converge grants → prove by logging in as the role → apply the Secret →
+//! report status. Planning steps are pure functions in src/postgres and secret.rs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use tokio_postgres::Client;
+
+use super::resolve::{Resolved, resolve, secret_key};
+use super::secret::{Fields, generate_password, render};
+use super::status::{
+    self, Cond, GRANTS_APPLIED, READY, ROLE_READY, SECRET_READY, SERVER_REACHABLE,
+};
+use super::{Context, Error};
+use crate::api::{DatabaseConnection, DatabaseConnectionStatus, PrivilegeSummary};
+use crate::postgres::privileges::{self, Desired};
+use crate::postgres::quote::ident;
+use crate::postgres::{ConnectError, Endpoint, Session, connect, role};
+
+/// Field manager for everything dbconn applies.
+pub const MANAGER: &str = "dbconn";
+/// How long to wait before checking again when privileges are missing.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// What one run learned, for status.
+#[derive(Default)]
+struct Report {
+    done: Vec<Cond>,
+    server: Option<String>,
+    version: Option<String>,
+    secret_name: Option<String>,
+    privileges: Option<PrivilegeSummary>,
+}
+
+/// A step failed: which condition it belongs to, and why.
+struct Failed {
+    step: &'static str,
+    error: Error,
+}
+
+fn at<E: Into<Error>>(step: &'static str) -> impl FnOnce(E) -> Failed {
+    move |e| Failed {
+        step,
+        error: e.into(),
+    }
+}
+
+/// Reconciles one DatabaseConnection.
+pub async fn reconcile(conn: Arc<DatabaseConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let mut report = Report::default();
+    let outcome = run(&conn, &ctx, &mut report).await;
+    let (failure, ready) = match &outcome {
+        Ok(ready) => (None, ready.clone()),
+        Err(f) => (
+            Some(Cond::failed(f.step, f.error.reason(), f.error.to_string())),
+            Cond::unknown(READY, ""),
+        ),
+    };
+    let wanted = status::pipeline(std::mem::take(&mut report.done), failure, ready);
+    let ready_now = wanted.last().cloned();
+    publish_status(&conn, &ctx, report, &wanted).await?;
+    if let Some(ready) = ready_now {
+        announce(&conn, &ctx, &ready).await;
+    }
+    match outcome {
+        Ok(ready) if ready.ok == Some(true) => Ok(Action::requeue(ctx.settings.revalidate)),
+        Ok(_) => Ok(Action::requeue(RECHECK)),
+        Err(f) => Err(f.error),
+    }
+}
+
+async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result<Cond, Failed> {
+    let spec = &conn.spec;
+    let ns = conn.namespace().unwrap_or_default();
+    let resolved = resolve(&ctx.client, conn, &ctx.settings.namespace)
+        .await
+        .map_err(at(SERVER_REACHABLE))?;
+    r.server = Some(resolved.label.clone());
+    let role_name = spec.role.name.clone();
+    let role_ident = ident(&role_name).map_err(at(ROLE_READY))?;
+    let secret_name = spec.secret.name.clone().unwrap_or_else(|| conn.name_any());
+    let existing = owned_secret(conn, ctx, &ns, &secret_name)
+        .await
+        .map_err(at(SECRET_READY))?;
+    let password = match &spec.role.password_secret_ref {
+        Some(p) => secret_key(&ctx.client, &ns, &p.name, p.key_or("password"))
+            .await
+            .map_err(at(ROLE_READY))?,
+        // Generated once and kept: rewriting it would restart every pod that reads it.
+        None => match existing
+            .as_ref()
+            .and_then(|s| s.data.as_ref()?.get("password").cloned())
+        {
+            Some(b) => String::from_utf8(b.0).unwrap_or_default(),
+            None => generate_password().map_err(|e| Failed {
+                step: ROLE_READY,
+                error: Error::Random(e.to_string()),
+            })?,
+        },
+    };
+
+    let (app, desired) = match &resolved.admin {
+        Some((user, admin_password)) => {
+            let mut admin = login(&resolved, user, admin_password)
+                .await
+                .map_err(at(SERVER_REACHABLE))?;
+            r.version = server_version(&admin.client).await;
+            r.done.push(Cond::ok(
+                SERVER_REACHABLE,
+                "Connected",
+                connected_message(&resolved, &admin, r.version.as_deref()),
+            ));
+
+            let state = role::inspect(&admin.client, &role_name)
+                .await
+                .map_err(|e| at(ROLE_READY)(Error::sql("reading the role", e)))?;
+            if state.is_none() && !spec.role.create {
+                return Err(at(ROLE_READY)(Error::RoleMissing(role_name)));
+            }
+            let limit = spec.role.connection_limit.unwrap_or(-1);
+            if let Some(sql) = role::ensure_sql(
+                &role_ident,
+                limit,
+                state.as_ref(),
+                &role::verifier(&password),
+            ) {
+                admin
+                    .client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| at(ROLE_READY)(Error::sql("creating the role", e)))?;
+            }
+            let app = match login(&resolved, &role_name, &password).await {
+                Err(ConnectError::PasswordRejected(_)) => {
+                    let sql = role::password_sql(&role_ident, &role::verifier(&password));
+                    admin
+                        .client
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(|e| at(ROLE_READY)(Error::sql("setting the password", e)))?;
+                    login(&resolved, &role_name, &password)
+                        .await
+                        .map_err(at(ROLE_READY))?
+                }
+                other => other.map_err(at(ROLE_READY))?,
+            };
+            r.done.push(Cond::ok(
+                ROLE_READY,
+                "LoggedIn",
+                format!("role {role_ident} logs in"),
+            ));
+
+            let desired = converge(&mut admin.client, spec, &role_name, &role_ident)
+                .await
+                .map_err(at(GRANTS_APPLIED))?;
+            r.done.push(Cond::ok(
+                GRANTS_APPLIED,
+                "Converged",
+                format!("{} privileges wanted", desired.privileges.len()),
+            ));
+            (app, desired)
+        }
+        None => {
+            // Validate-only: log in as the role with its own password; grant nothing.
+            if spec.role.password_secret_ref.is_none() {
+                return Err(at(ROLE_READY)(Error::NoCredentials));
+            }
+            let app = login(&resolved, &role_name, &password)
+                .await
+                .map_err(at(SERVER_REACHABLE))?;
+            r.version = server_version(&app.client).await;
+            r.done.push(Cond::ok(
+                SERVER_REACHABLE,
+                "Connected",
+                connected_message(&resolved, &app, r.version.as_deref()),
+            ));
+            r.done.push(Cond::ok(
+                ROLE_READY,
+                "LoggedIn",
+                format!("role {role_ident} logs in"),
+            ));
+            let catalog = privileges::catalog(&app.client)
+                .await
+                .map_err(|e| at(GRANTS_APPLIED)(Error::sql("reading the catalog", e)))?;
+            let desired = privileges::desired(spec, &catalog).map_err(at(GRANTS_APPLIED))?;
+            r.done.push(Cond::ok(
+                GRANTS_APPLIED,
+                "ValidateOnly",
+                "no admin credentials: nothing granted, privileges checked only",
+            ));
+            (app, desired)
+        }
+    };
+
+    let proof = privileges::prove(&app.client, &desired.privileges)
+        .await
+        .map_err(|e| at(GRANTS_APPLIED)(Error::sql("checking privileges as the role", e)))?;
+    r.privileges = Some(PrivilegeSummary {
+        granted: proof.granted as i64,
+        missing: proof.missing.len() as i64,
+        missing_examples: proof
+            .missing
+            .iter()
+            .take(5)
+            .map(|p| p.to_string())
+            .chain(
+                desired
+                    .absent
+                    .iter()
+                    .take(5)
+                    .map(|a| format!("{a} does not exist")),
+            )
+            .collect(),
+    });
+
+    let fields = Fields {
+        host: resolved.base.host.clone(),
+        port: resolved.base.port,
+        dbname: spec.database.clone(),
+        username: role_name.clone(),
+        password,
+        sslmode: resolved.base.sslmode,
+        ca_pem: resolved.ca_pem.clone(),
+        pooler_port: spec
+            .pooler
+            .enabled
+            .then(|| u16::try_from(spec.pooler.port).unwrap_or(6432)),
+    };
+    let data = render(&fields, &spec.secret.template).map_err(at(SECRET_READY))?;
+    apply_secret(conn, ctx, &ns, &secret_name, data)
+        .await
+        .map_err(at(SECRET_READY))?;
+    r.secret_name = Some(secret_name.clone());
+    r.done.push(Cond::ok(
+        SECRET_READY,
+        "Applied",
+        format!("secret {secret_name} holds the connection details"),
+    ));
+
+    if proof.missing.is_empty() && desired.absent.is_empty() {
+        return Ok(Cond::ok(
+            READY,
+            "Ready",
+            format!(
+                "role {role_ident} has all {} privileges asked for",
+                proof.granted
+            ),
+        ));
+    }
+    let mut gaps: Vec<String> = proof
+        .missing
+        .iter()
+        .take(3)
+        .map(|p| p.to_string())
+        .collect();
+    gaps.extend(
+        desired
+            .absent
+            .iter()
+            .take(3)
+            .map(|a| format!("{a} does not exist")),
+    );
+    Ok(Cond::failed(
+        READY,
+        "PrivilegesMissing",
+        format!(
+            "role {role_ident} lacks {} of {} privileges: {}",
+            proof.missing.len(),
+            proof.missing.len() + proof.granted,
+            gaps.join("; ")
+        ),
+    ))
+}
+
+fn connected_message(resolved: &Resolved, s: &Session, version: Option<&str>) -> String {
+    format!(
+        "PostgreSQL {} at {} over {} (sslmode {})",
+        version.unwrap_or("?"),
+        resolved.label,
+        if s.tls { "TLS" } else { "plain TCP" },
+        resolved.base.sslmode.as_str()
+    )
+}
+
+async fn login(resolved: &Resolved, user: &str, password: &str) -> Result<Session, ConnectError> {
+    let ep = Endpoint {
+        user: user.to_owned(),
+        password: Some(password.to_owned()),
+        ..resolved.base.clone()
+    };
+    connect(&ep).await
+}
+
+async fn server_version(client: &Client) -> Option<String> {
+    client
+        .query_one("SHOW server_version", &[])
+        .await
+        .ok()
+        .map(|r| r.get::<_, String>(0))
+}
+
+/// Reads the catalog and the role's ACLs, and applies the difference in one transaction
+/// under an advisory lock keyed by the role, so two operators never interleave. Sends no
+/// statement at all when nothing differs.
+async fn converge(
+    admin: &mut Client,
+    spec: &crate::api::DatabaseConnectionSpec,
+    role_name: &str,
+    role_ident: &crate::postgres::quote::Ident,
+) -> Result<Desired, Error> {
+    let catalog = privileges::catalog(admin)
+        .await
+        .map_err(|e| Error::sql("reading the catalog", e))?;
+    let desired = privileges::desired(spec, &catalog)?;
+    let current = privileges::current(admin, role_name, &catalog)
+        .await
+        .map_err(|e| Error::Sql {
+            step: "reading privileges",
+            message: e.to_string(),
+        })?;
+    let plan = privileges::plan(&desired.privileges, &current);
+    if plan.is_empty() {
+        return Ok(desired);
+    }
+    let tx = admin
+        .transaction()
+        .await
+        .map_err(|e| Error::sql("starting the grant transaction", e))?;
+    let key = format!("dbconn:role:{role_name}");
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
+        .await
+        .map_err(|e| Error::sql("taking the role lock", e))?;
+    // Re-read under the lock: another replica may have converged already.
+    let current = privileges::current(&tx, role_name, &catalog)
+        .await
+        .map_err(|e| Error::Sql {
+            step: "reading privileges",
+            message: e.to_string(),
+        })?;
+    for change in privileges::plan(&desired.privileges, &current) {
+        tx.batch_execute(&privileges::sql(&change, role_ident))
+            .await
+            .map_err(|e| Error::sql("applying grants", e))?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| Error::sql("committing grants", e))?;
+    Ok(desired)
+}
+
+/// The connection's Secret if it exists and belongs to this connection; an error if a Secret
+/// of that name belongs to someone else (dbconn never overwrites it).
+async fn owned_secret(
+    conn: &DatabaseConnection,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Secret>, Error> {
+    let Some(secret) = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let uid = conn.uid().unwrap_or_default();
+    if secret.owner_references().iter().any(|o| o.uid == uid) {
+        Ok(Some(secret))
+    } else {
+        Err(Error::SecretConflict(format!("{ns}/{name}")))
+    }
+}
+
+async fn apply_secret(
+    conn: &DatabaseConnection,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    data: BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let owner = conn.controller_owner_ref(&()).into_iter().collect();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(ns.to_owned()),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    MANAGER.to_owned(),
+                ),
+                ("dbconn.io/connection".to_owned(), conn.name_any()),
+            ])),
+            owner_references: Some(owner),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn publish_status(
+    conn: &DatabaseConnection,
+    ctx: &Context,
+    r: Report,
+    wanted: &[Cond],
+) -> Result<(), Error> {
+    let current = conn
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let status = DatabaseConnectionStatus {
+        observed_generation: conn.metadata.generation,
+        conditions: status::merge(current, wanted, conn.metadata.generation, Timestamp::now()),
+        server: r.server,
+        server_version: r.version,
+        secret_name: r.secret_name,
+        privileges: r.privileges,
+    };
+    let patch = serde_json::json!({
+        "apiVersion": "dbconn.io/v1alpha1",
+        "kind": "DatabaseConnection",
+        "status": status,
+    });
+    Api::<DatabaseConnection>::namespaced(
+        ctx.client.clone(),
+        &conn.namespace().unwrap_or_default(),
+    )
+    .patch_status(
+        &conn.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// An Event when Ready changes (status or reason), not on every reconcile.
+async fn announce(conn: &DatabaseConnection, ctx: &Context, ready: &Cond) {
+    let before = conn
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
+    let status = match ready.ok {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
+    if before.is_some_and(|b| b.status == status && b.reason == ready.reason) {
+        return;
+    }
+    let event = Event {
+        type_: if ready.ok == Some(true) {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: ready.reason.clone(),
+        note: Some(ready.message.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &conn.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing an event failed");
+    }
+}

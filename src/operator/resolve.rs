@@ -1,0 +1,260 @@
+//! Resolving references (I/O, reads only): the server a connection uses, its TLS material
+//! and admin credentials, from Secrets in the connection's namespace or, for a
+//! DatabaseServer, the operator's namespace.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{Api, Client, ResourceExt};
+
+use super::Error;
+use crate::api::{CredentialsSecretRef, DatabaseConnection, DatabaseServer, SecretKeyRef, TlsSpec};
+use crate::postgres::{Endpoint, TlsMaterial, url};
+
+/// The server a connection uses, ready to connect to (user and password still to set).
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// `host:port`, for status.
+    pub label: String,
+    /// Host, port, the application database and TLS; no user yet.
+    pub base: Endpoint,
+    /// Admin user and password, when dbconn may administer the server.
+    pub admin: Option<(String, String)>,
+    /// The CA PEM, copied into the connection's Secret for clients.
+    pub ca_pem: Option<String>,
+}
+
+/// Reads one key of a Secret as text.
+pub async fn secret_key(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<String, Error> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| Error::SecretMissing {
+            namespace: namespace.into(),
+            name: name.into(),
+        })?;
+    let missing = || Error::SecretKeyMissing {
+        namespace: namespace.into(),
+        name: name.into(),
+        key: key.into(),
+    };
+    let bytes = match (
+        secret.data.as_ref().and_then(|d| d.get(key)),
+        secret.string_data.as_ref().and_then(|d| d.get(key)),
+    ) {
+        (Some(b), _) => b.0.clone(),
+        (None, Some(s)) => s.clone().into_bytes(),
+        (None, None) => return Err(missing()),
+    };
+    String::from_utf8(bytes).map_err(|_| Error::SecretNotText {
+        namespace: namespace.into(),
+        name: name.into(),
+        key: key.into(),
+    })
+}
+
+async fn key_ref(
+    client: &Client,
+    namespace: &str,
+    r: &SecretKeyRef,
+    default_key: &str,
+) -> Result<String, Error> {
+    secret_key(client, namespace, &r.name, r.key_or(default_key)).await
+}
+
+async fn credentials(
+    client: &Client,
+    namespace: &str,
+    r: &CredentialsSecretRef,
+) -> Result<(String, String), Error> {
+    let user = secret_key(client, namespace, &r.name, &r.username_key).await?;
+    let password = secret_key(client, namespace, &r.name, &r.password_key).await?;
+    Ok((user.trim().to_owned(), password))
+}
+
+async fn tls_material(
+    client: &Client,
+    namespace: &str,
+    tls: &TlsSpec,
+) -> Result<TlsMaterial, Error> {
+    let mut m = TlsMaterial {
+        server_name: tls.server_name.clone(),
+        ..TlsMaterial::default()
+    };
+    if let Some(r) = &tls.ca_secret_ref {
+        m.ca_pem = Some(key_ref(client, namespace, r, "ca.crt").await?.into_bytes());
+    }
+    if let Some(r) = &tls.client_cert_secret_ref {
+        m.client_cert_pem = Some(key_ref(client, namespace, r, "tls.crt").await?.into_bytes());
+    }
+    if let Some(r) = &tls.client_key_secret_ref {
+        m.client_key_pem = Some(key_ref(client, namespace, r, "tls.key").await?.into_bytes());
+    }
+    // Fail early, with the field to fix, rather than at the first connection.
+    crate::postgres::tls::client_config(tls.sslmode, &m)?;
+    Ok(m)
+}
+
+/// Resolves the server of `conn`. A DatabaseServer is used only when its allowedNamespaces
+/// admits the connection's namespace.
+pub async fn resolve(
+    client: &Client,
+    conn: &DatabaseConnection,
+    operator_namespace: &str,
+) -> Result<Resolved, Error> {
+    let ns = conn.namespace().unwrap_or_default();
+    let spec = &conn.spec;
+    let (host, port, tls, tls_ns, admin) = if let Some(name) = &spec.server_ref {
+        let server = Api::<DatabaseServer>::all(client.clone())
+            .get_opt(name)
+            .await?
+            .ok_or_else(|| Error::ServerMissing(name.clone()))?;
+        if !namespace_allowed(
+            client,
+            &ns,
+            operator_namespace,
+            server.spec.allowed_namespaces.as_ref(),
+        )
+        .await?
+        {
+            return Err(Error::ServerDenied {
+                server: name.clone(),
+                namespace: ns,
+            });
+        }
+        let admin = match &server.spec.admin_secret_ref {
+            Some(r) => Some(credentials(client, operator_namespace, r).await?),
+            None => None,
+        };
+        (
+            server.spec.host.clone(),
+            server.spec.port,
+            server.spec.tls.clone(),
+            operator_namespace.to_owned(),
+            admin,
+        )
+    } else {
+        let inline = spec.server.clone().unwrap_or_default();
+        let mut admin = match &inline.admin_secret_ref {
+            Some(r) => Some(credentials(client, &ns, r).await?),
+            None => None,
+        };
+        let (host, port) = if let Some(u) = inline.url.as_deref() {
+            let parsed = url::parse(u).map_err(|source| Error::BadUrl {
+                secret: "spec.server.url".into(),
+                source,
+            })?;
+            (parsed.host, parsed.port.map(i32::from))
+        } else if let Some(r) = &inline.url_secret_ref {
+            let text = key_ref(client, &ns, r, "url").await?;
+            let parsed = url::parse(text.trim()).map_err(|source| Error::BadUrl {
+                secret: format!("{ns}/{}", r.name),
+                source,
+            })?;
+            if let (None, Some(u), Some(p)) = (&admin, parsed.user, parsed.password) {
+                admin = Some((u, p));
+            }
+            (parsed.host, parsed.port.map(i32::from))
+        } else {
+            (inline.host.clone().unwrap_or_default(), None)
+        };
+        (
+            host,
+            inline.port.or(port).unwrap_or(5432),
+            inline.tls.clone(),
+            ns.clone(),
+            admin,
+        )
+    };
+    let material = tls_material(client, &tls_ns, &tls).await?;
+    let port = u16::try_from(port).unwrap_or(5432);
+    let mut base = Endpoint::new(host.clone(), port, spec.database.clone(), String::new());
+    base.sslmode = tls.sslmode;
+    base.application_name = "dbconn-operator".into();
+    let ca_pem = material
+        .ca_pem
+        .as_ref()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    base.tls = material;
+    Ok(Resolved {
+        label: format!("{host}:{port}"),
+        base,
+        admin,
+        ca_pem,
+    })
+}
+
+async fn namespace_allowed(
+    client: &Client,
+    namespace: &str,
+    operator_namespace: &str,
+    selector: Option<&LabelSelector>,
+) -> Result<bool, Error> {
+    let Some(selector) = selector else {
+        return Ok(namespace == operator_namespace);
+    };
+    let labels = Api::<Namespace>::all(client.clone())
+        .get_opt(namespace)
+        .await?
+        .map(|n| n.labels().clone())
+        .unwrap_or_default();
+    Ok(selector_matches(selector, &labels))
+}
+
+/// Whether a label selector matches a label set (matchLabels and matchExpressions). Pure.
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_label = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expr = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    by_label && by_expr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn selectors_match_as_kubernetes_does() {
+        let labels = BTreeMap::from([("team".to_owned(), "shop".to_owned())]);
+        let empty = LabelSelector::default();
+        assert!(
+            selector_matches(&empty, &labels),
+            "{{}} selects every namespace"
+        );
+        let shop = LabelSelector {
+            match_labels: Some(BTreeMap::from([("team".into(), "shop".into())])),
+            ..Default::default()
+        };
+        assert!(selector_matches(&shop, &labels));
+        assert!(!selector_matches(&shop, &BTreeMap::new()));
+        let not_in = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["shop".into()]),
+            }]),
+            ..Default::default()
+        };
+        assert!(!selector_matches(&not_in, &labels));
+        assert!(selector_matches(&not_in, &BTreeMap::new()));
+    }
+}

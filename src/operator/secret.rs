@@ -1,0 +1,239 @@
+//! The connection Secret as data: every key an application reads, rendered from the
+//! connection's fields, plus user templates. Pure; the apply step lives in reconcile.rs.
+
+use std::collections::BTreeMap;
+
+use crate::api::SslMode;
+use crate::postgres::url::encode;
+
+/// Where the chart mounts the Secret's `ca.crt` in the pod (PGSSLROOTCERT points here).
+pub const CA_MOUNT_PATH: &str = "/var/run/dbconn/ca.crt";
+
+/// What a client needs to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fields {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub username: String,
+    pub password: String,
+    pub sslmode: SslMode,
+    /// PEM of the CA that verifies the server, when one is used.
+    pub ca_pem: Option<String>,
+    /// Loopback port of the pooling sidecar, when enabled.
+    pub pooler_port: Option<u16>,
+}
+
+/// A user template could not be rendered.
+#[derive(Debug, thiserror::Error)]
+#[error("secret.template[{key:?}]: {message}")]
+pub struct TemplateError {
+    pub key: String,
+    pub message: String,
+}
+
+fn host_in_url(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+fn uri(f: &Fields, host: &str, port: u16, sslmode: SslMode, ca: bool) -> String {
+    let mut s = format!(
+        "postgresql://{}:{}@{}:{port}/{}?sslmode={}",
+        encode(&f.username),
+        encode(&f.password),
+        host_in_url(host),
+        encode(&f.dbname),
+        sslmode.as_str()
+    );
+    if ca {
+        s.push_str(&format!("&sslrootcert={}", encode(CA_MOUNT_PATH)));
+    }
+    s
+}
+
+fn jdbc_uri(f: &Fields) -> String {
+    let mut s = format!(
+        "jdbc:postgresql://{}:{}/{}?user={}&password={}&sslmode={}",
+        host_in_url(&f.host),
+        f.port,
+        encode(&f.dbname),
+        encode(&f.username),
+        encode(&f.password),
+        f.sslmode.as_str()
+    );
+    if f.ca_pem.is_some() {
+        s.push_str(&format!("&sslrootcert={}", encode(CA_MOUNT_PATH)));
+    }
+    s
+}
+
+/// A .pgpass line: `:` and `\` escaped with a backslash.
+fn pgpass(host: &str, port: u16, f: &Fields) -> String {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    format!(
+        "{}:{port}:{}:{}:{}\n",
+        esc(host),
+        esc(&f.dbname),
+        esc(&f.username),
+        esc(&f.password)
+    )
+}
+
+/// Every key of the Secret. With the pooler, `uri`, `pgpass` and the PG* keys point at the
+/// sidecar on loopback (plain: it never leaves the pod) and `direct-uri` at the server.
+pub fn render(
+    f: &Fields,
+    templates: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, TemplateError> {
+    let direct = uri(f, &f.host, f.port, f.sslmode, f.ca_pem.is_some());
+    let (host, port, sslmode, ca) = match f.pooler_port {
+        Some(p) => ("127.0.0.1".to_owned(), p, SslMode::Disable, false),
+        None => (f.host.clone(), f.port, f.sslmode, f.ca_pem.is_some()),
+    };
+    let mut data = BTreeMap::from([
+        ("uri".to_owned(), uri(f, &host, port, sslmode, ca)),
+        ("jdbc-uri".to_owned(), jdbc_uri(f)),
+        ("host".to_owned(), f.host.clone()),
+        ("port".to_owned(), f.port.to_string()),
+        ("dbname".to_owned(), f.dbname.clone()),
+        ("username".to_owned(), f.username.clone()),
+        ("password".to_owned(), f.password.clone()),
+        ("sslmode".to_owned(), f.sslmode.as_str().to_owned()),
+        ("pgpass".to_owned(), pgpass(&host, port, f)),
+        ("PGHOST".to_owned(), host.clone()),
+        ("PGPORT".to_owned(), port.to_string()),
+        ("PGDATABASE".to_owned(), f.dbname.clone()),
+        ("PGUSER".to_owned(), f.username.clone()),
+        ("PGPASSWORD".to_owned(), f.password.clone()),
+        ("PGSSLMODE".to_owned(), sslmode.as_str().to_owned()),
+    ]);
+    if f.pooler_port.is_some() {
+        data.insert("direct-uri".to_owned(), direct.clone());
+    }
+    if let Some(ca_pem) = &f.ca_pem {
+        data.insert("ca.crt".to_owned(), ca_pem.clone());
+        if ca {
+            data.insert("PGSSLROOTCERT".to_owned(), CA_MOUNT_PATH.to_owned());
+        }
+    }
+    if !templates.is_empty() {
+        let ctx = minijinja::context! {
+            uri => data["uri"].clone(), direct_uri => direct, jdbc_uri => data["jdbc-uri"].clone(),
+            host => f.host.clone(), port => f.port, dbname => f.dbname.clone(), database => f.dbname.clone(),
+            username => f.username.clone(), password => f.password.clone(), sslmode => f.sslmode.as_str(),
+        };
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        for (key, template) in templates {
+            let rendered = env.render_str(template, &ctx).map_err(|e| TemplateError {
+                key: key.clone(),
+                message: e.to_string(),
+            })?;
+            data.insert(key.clone(), rendered);
+        }
+    }
+    Ok(data)
+}
+
+/// A new password: 32 characters from [A-Za-z0-9], from the operating system's generator.
+pub fn generate_password() -> Result<String, getrandom::Error> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(32);
+    let mut buf = [0u8; 64];
+    while out.len() < 32 {
+        getrandom::fill(&mut buf)?;
+        // Rejection sampling keeps every character equally likely.
+        for b in buf.iter().filter(|b| **b < 248) {
+            if out.len() < 32 {
+                out.push(ALPHABET[(*b % 62) as usize] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::url::parse;
+
+    fn fields(password: &str) -> Fields {
+        Fields {
+            host: "db.internal".into(),
+            port: 5432,
+            dbname: "orders".into(),
+            username: "Shop User".into(),
+            password: password.into(),
+            sslmode: SslMode::VerifyFull,
+            ca_pem: Some("-----BEGIN CERTIFICATE-----\n".into()),
+            pooler_port: None,
+        }
+    }
+
+    #[test]
+    fn a_hostile_password_round_trips_through_uri_jdbc_and_pgpass() {
+        let pw = "p@ss:/?#%'\"\\ w0rd";
+        let data = render(&fields(pw), &BTreeMap::new()).unwrap();
+        let u = parse(&data["uri"]).unwrap();
+        assert_eq!(u.password.as_deref(), Some(pw));
+        assert_eq!(u.user.as_deref(), Some("Shop User"));
+        assert_eq!(u.sslmode, Some(SslMode::VerifyFull));
+        let jdbc = data["jdbc-uri"].strip_prefix("jdbc:").unwrap().replacen(
+            "postgresql://",
+            "postgresql://x@",
+            1,
+        );
+        assert_eq!(parse(&jdbc).unwrap().password.as_deref(), Some(pw));
+        assert_eq!(
+            data["pgpass"],
+            "db.internal:5432:orders:Shop User:p@ss\\:/?#%'\"\\\\ w0rd\n"
+        );
+        assert_eq!(data["PGSSLROOTCERT"], CA_MOUNT_PATH);
+    }
+
+    #[test]
+    fn with_the_pooler_uri_points_at_the_sidecar_and_direct_uri_at_the_server() {
+        let mut f = fields("pw");
+        f.pooler_port = Some(6432);
+        let data = render(&f, &BTreeMap::new()).unwrap();
+        assert!(
+            data["uri"]
+                .starts_with("postgresql://Shop%20User:pw@127.0.0.1:6432/orders?sslmode=disable"),
+            "{}",
+            data["uri"]
+        );
+        assert!(data["direct-uri"].contains("@db.internal:5432/"));
+        assert_eq!(data["PGHOST"], "127.0.0.1");
+        assert!(!data.contains_key("PGSSLROOTCERT"));
+    }
+
+    #[test]
+    fn templates_render_and_report_mistakes_by_key() {
+        let t = BTreeMap::from([
+            ("DATABASE_URL".to_owned(), "{{ uri }}".to_owned()),
+            (
+                "DSN".to_owned(),
+                "host={{ host }} port={{ port }}".to_owned(),
+            ),
+        ]);
+        let data = render(&fields("pw"), &t).unwrap();
+        assert_eq!(data["DATABASE_URL"], data["uri"]);
+        assert_eq!(data["DSN"], "host=db.internal port=5432");
+        let bad = BTreeMap::from([("X".to_owned(), "{{ nope }}".to_owned())]);
+        let err = render(&fields("pw"), &bad).unwrap_err();
+        assert_eq!(err.key, "X");
+    }
+
+    #[test]
+    fn generated_passwords_are_long_and_distinct() {
+        let a = generate_password().unwrap();
+        let b = generate_password().unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+}

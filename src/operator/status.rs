@@ -1,0 +1,147 @@
+//! Conditions as data: which condition a failed step sets, and how a new condition list is
+//! merged with the old one so lastTransitionTime moves only on a real change. Pure.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+/// The condition types of a DatabaseConnection, in pipeline order.
+pub const SERVER_REACHABLE: &str = "ServerReachable";
+pub const ROLE_READY: &str = "RoleReady";
+pub const GRANTS_APPLIED: &str = "GrantsApplied";
+pub const SECRET_READY: &str = "SecretReady";
+pub const READY: &str = "Ready";
+pub const STEPS: [&str; 4] = [SERVER_REACHABLE, ROLE_READY, GRANTS_APPLIED, SECRET_READY];
+
+/// One condition's desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cond {
+    pub type_: &'static str,
+    pub ok: Option<bool>,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Cond {
+    pub fn ok(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            ok: Some(true),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+    pub fn failed(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            ok: Some(false),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+    pub fn unknown(type_: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            ok: None,
+            reason: "Pending".into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The full list after a run that got through `done` and failed (or not) at the next step:
+/// steps after a failure are Unknown, and Ready mirrors the first failure.
+pub fn pipeline(done: Vec<Cond>, failure: Option<Cond>, ready: Cond) -> Vec<Cond> {
+    let mut out = done;
+    if let Some(f) = failure {
+        let failed_at = f.type_;
+        out.push(f.clone());
+        for step in STEPS.iter().skip_while(|s| **s != failed_at).skip(1) {
+            out.push(Cond::unknown(step, format!("waiting for {failed_at}")));
+        }
+        out.push(Cond::failed(READY, &f.reason, f.message));
+    } else {
+        out.push(ready);
+    }
+    out
+}
+
+/// Merges desired conditions into the current ones, keeping lastTransitionTime when the
+/// status did not change.
+pub fn merge(
+    current: &[Condition],
+    desired: &[Cond],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    desired
+        .iter()
+        .map(|d| {
+            let status = match d.ok {
+                Some(true) => "True",
+                Some(false) => "False",
+                None => "Unknown",
+            };
+            let previous = current.iter().find(|c| c.type_ == d.type_);
+            let since = match previous {
+                Some(p) if p.status == status => p.last_transition_time.clone(),
+                _ => Time(now),
+            };
+            Condition {
+                type_: d.type_.to_owned(),
+                status: status.to_owned(),
+                reason: d.reason.clone(),
+                message: d.message.clone(),
+                last_transition_time: since,
+                observed_generation: generation,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_marks_later_steps_unknown_and_ready_false() {
+        let done = vec![Cond::ok(SERVER_REACHABLE, "Connected", "PostgreSQL 15")];
+        let conds = pipeline(
+            done,
+            Some(Cond::failed(
+                ROLE_READY,
+                "RoleNotFound",
+                "role \"x\" does not exist",
+            )),
+            Cond::ok(READY, "Ready", ""),
+        );
+        let summary: Vec<(&str, Option<bool>)> = conds.iter().map(|c| (c.type_, c.ok)).collect();
+        assert_eq!(
+            summary,
+            [
+                (SERVER_REACHABLE, Some(true)),
+                (ROLE_READY, Some(false)),
+                (GRANTS_APPLIED, None),
+                (SECRET_READY, None),
+                (READY, Some(false))
+            ]
+        );
+        assert_eq!(conds[4].reason, "RoleNotFound");
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();
+        let first = merge(&[], &[Cond::ok(READY, "Ready", "a")], Some(1), t0);
+        let same = merge(&first, &[Cond::ok(READY, "Ready", "b")], Some(2), t1);
+        assert_eq!(same[0].last_transition_time, Time(t0));
+        assert_eq!(same[0].observed_generation, Some(2));
+        let flipped = merge(
+            &same,
+            &[Cond::failed(READY, "Unreachable", "c")],
+            Some(2),
+            t1,
+        );
+        assert_eq!(flipped[0].last_transition_time, Time(t1));
+    }
+}

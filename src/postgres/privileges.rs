@@ -1,0 +1,559 @@
+//! Privileges as data: the desired set (pure, from the spec and a catalog snapshot), the set
+//! the role holds now (read from the ACLs), the plan that turns one into the other (pure),
+//! and the proof, made logged in as the role itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use tokio_postgres::{Client, GenericClient};
+
+use super::quote::{Ident, IdentError, ident};
+use crate::api::{Access, DatabaseConnectionSpec, Grant, Privilege};
+
+/// Something a privilege is held on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Object {
+    Database(Ident),
+    Schema(Ident),
+    Table(Ident, Ident),
+    Sequence(Ident, Ident),
+    /// A function by schema, name and its `regprocedure` text (the server's own quoting of
+    /// the signature, read from the catalog).
+    Function(Ident, Ident, String),
+    /// Default privileges on future tables, sequences or functions that `owner` creates in a schema.
+    DefaultTables(Ident, Ident),
+    DefaultSequences(Ident, Ident),
+    DefaultFunctions(Ident, Ident),
+}
+
+impl Object {
+    fn is_default(&self) -> bool {
+        matches!(
+            self,
+            Object::DefaultTables(..) | Object::DefaultSequences(..) | Object::DefaultFunctions(..)
+        )
+    }
+}
+
+impl fmt::Display for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Object::Database(d) => write!(f, "DATABASE {d}"),
+            Object::Schema(s) => write!(f, "SCHEMA {s}"),
+            Object::Table(s, t) => write!(f, "TABLE {s}.{t}"),
+            Object::Sequence(s, q) => write!(f, "SEQUENCE {s}.{q}"),
+            Object::Function(_, _, signature) => write!(f, "FUNCTION {signature}"),
+            Object::DefaultTables(_, s) => write!(f, "future TABLES in {s}"),
+            Object::DefaultSequences(_, s) => write!(f, "future SEQUENCES in {s}"),
+            Object::DefaultFunctions(_, s) => write!(f, "future FUNCTIONS in {s}"),
+        }
+    }
+}
+
+/// One privilege on one object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Priv {
+    pub object: Object,
+    /// PostgreSQL's spelling: SELECT, USAGE, EXECUTE, …
+    pub privilege: &'static str,
+}
+
+impl fmt::Display for Priv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on {}", self.privilege, self.object)
+    }
+}
+
+/// The objects of one database that grants can name, read once per reconcile.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    pub database: String,
+    /// The role that creates future objects, for ALTER DEFAULT PRIVILEGES (the admin).
+    pub owner: String,
+    pub schemas: BTreeSet<String>,
+    /// schema → table (and view) names.
+    pub tables: BTreeMap<String, BTreeSet<String>>,
+    pub sequences: BTreeMap<String, BTreeSet<String>>,
+    /// schema → (name, regprocedure text).
+    pub functions: BTreeMap<String, BTreeSet<(String, String)>>,
+}
+
+const TABLE_ALL: [&str; 7] = [
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "TRUNCATE",
+    "REFERENCES",
+    "TRIGGER",
+];
+const SEQUENCE_ALL: [&str; 3] = ["USAGE", "SELECT", "UPDATE"];
+const SCHEMA_ALL: [&str; 2] = ["USAGE", "CREATE"];
+const DATABASE_ALL: [&str; 3] = ["CONNECT", "CREATE", "TEMPORARY"];
+
+fn spelled(p: Privilege, all: &[&'static str]) -> Vec<&'static str> {
+    match p {
+        Privilege::All => all.to_vec(),
+        Privilege::Select => vec!["SELECT"],
+        Privilege::Insert => vec!["INSERT"],
+        Privilege::Update => vec!["UPDATE"],
+        Privilege::Delete => vec!["DELETE"],
+        Privilege::Truncate => vec!["TRUNCATE"],
+        Privilege::References => vec!["REFERENCES"],
+        Privilege::Trigger => vec!["TRIGGER"],
+        Privilege::Usage => vec!["USAGE"],
+        Privilege::Create => vec!["CREATE"],
+        Privilege::Connect => vec!["CONNECT"],
+        Privilege::Temporary => vec!["TEMPORARY"],
+        Privilege::Execute => vec!["EXECUTE"],
+    }
+}
+
+/// What the spec asks for, expanded against the catalog.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub privileges: BTreeSet<Priv>,
+    /// Schemas and objects the spec names that do not exist (yet): reported, not granted.
+    pub absent: Vec<String>,
+}
+
+/// The privileges the spec asks for, with presets and `*` expanded against the catalog.
+/// Pure. Names that cannot be identifiers are refused before anything is quoted.
+pub fn desired(spec: &DatabaseConnectionSpec, catalog: &Catalog) -> Result<Desired, IdentError> {
+    let mut out = BTreeSet::new();
+    let mut absent = Vec::new();
+    let db = ident(&catalog.database)?;
+    let owner = ident(&catalog.owner)?;
+    let mut add = |object: &Object, privileges: &[&'static str]| {
+        for p in privileges {
+            out.insert(Priv {
+                object: object.clone(),
+                privilege: p,
+            });
+        }
+    };
+    let (tables, sequences, functions, schema): (&[&str], &[&str], &[&str], &[&str]) =
+        match spec.access {
+            Access::None => (&[], &[], &[], &[]),
+            Access::ReadOnly => (&["SELECT"], &["SELECT"], &[], &["USAGE"]),
+            Access::ReadWrite => (
+                &["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"],
+                &["USAGE", "SELECT", "UPDATE"],
+                &["EXECUTE"],
+                &["USAGE"],
+            ),
+            Access::Owner => (
+                &["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"],
+                &["USAGE", "SELECT", "UPDATE"],
+                &["EXECUTE"],
+                &["USAGE", "CREATE"],
+            ),
+        };
+    if spec.access != Access::None {
+        add(&Object::Database(db.clone()), &["CONNECT"]);
+        for s in &spec.schemas {
+            let sid = ident(s)?;
+            if !catalog.schemas.contains(s) {
+                absent.push(format!("schema {sid}"));
+                continue;
+            }
+            add(&Object::Schema(sid.clone()), schema);
+            expand(
+                &mut add,
+                catalog,
+                &owner,
+                &sid,
+                s,
+                &["*".to_owned()],
+                Kind::Table,
+                tables,
+            )?;
+            expand(
+                &mut add,
+                catalog,
+                &owner,
+                &sid,
+                s,
+                &["*".to_owned()],
+                Kind::Sequence,
+                sequences,
+            )?;
+            expand(
+                &mut add,
+                catalog,
+                &owner,
+                &sid,
+                s,
+                &["*".to_owned()],
+                Kind::Function,
+                functions,
+            )?;
+        }
+    }
+    for g in &spec.grants {
+        grant(&mut add, &mut absent, catalog, &db, &owner, g)?;
+    }
+    Ok(Desired {
+        privileges: out,
+        absent,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Table,
+    Sequence,
+    Function,
+}
+
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Table => "table",
+            Kind::Sequence => "sequence",
+            Kind::Function => "function",
+        }
+    }
+}
+
+fn grant(
+    add: &mut impl FnMut(&Object, &[&'static str]),
+    absent: &mut Vec<String>,
+    catalog: &Catalog,
+    db: &Ident,
+    owner: &Ident,
+    g: &Grant,
+) -> Result<(), IdentError> {
+    let Some(schema) = &g.schema else {
+        let privs: Vec<_> = g
+            .privileges
+            .iter()
+            .flat_map(|p| spelled(*p, &DATABASE_ALL))
+            .collect();
+        add(&Object::Database(db.clone()), &privs);
+        return Ok(());
+    };
+    let sid = ident(schema)?;
+    if !catalog.schemas.contains(schema) {
+        absent.push(format!("schema {sid}"));
+        return Ok(());
+    }
+    let (names, kind, all): (&Vec<String>, Kind, &[&'static str]) =
+        match (&g.tables, &g.sequences, &g.functions) {
+            (Some(t), _, _) => (t, Kind::Table, &TABLE_ALL),
+            (_, Some(s), _) => (s, Kind::Sequence, &SEQUENCE_ALL),
+            (_, _, Some(f)) => (f, Kind::Function, &["EXECUTE"]),
+            _ => {
+                let privs: Vec<_> = g
+                    .privileges
+                    .iter()
+                    .flat_map(|p| spelled(*p, &SCHEMA_ALL))
+                    .collect();
+                add(&Object::Schema(sid), &privs);
+                return Ok(());
+            }
+        };
+    let privs: Vec<_> = g.privileges.iter().flat_map(|p| spelled(*p, all)).collect();
+    let exists = |name: &String| match kind {
+        Kind::Table => catalog.tables.get(schema).is_some_and(|t| t.contains(name)),
+        Kind::Sequence => catalog
+            .sequences
+            .get(schema)
+            .is_some_and(|t| t.contains(name)),
+        Kind::Function => catalog
+            .functions
+            .get(schema)
+            .is_some_and(|t| t.iter().any(|(f, _)| f == name)),
+    };
+    let (present, missing): (Vec<String>, Vec<String>) =
+        names.iter().cloned().partition(|n| n == "*" || exists(n));
+    for name in missing {
+        absent.push(format!("{} {sid}.{}", kind.noun(), ident(&name)?));
+    }
+    expand(add, catalog, owner, &sid, schema, &present, kind, &privs)
+}
+
+/// Adds `privileges` on the named objects of one kind in a schema; `*` means every object
+/// there now plus default privileges for the ones created later.
+#[allow(clippy::too_many_arguments)]
+fn expand(
+    add: &mut impl FnMut(&Object, &[&'static str]),
+    catalog: &Catalog,
+    owner: &Ident,
+    sid: &Ident,
+    schema: &str,
+    names: &[String],
+    kind: Kind,
+    privileges: &[&'static str],
+) -> Result<(), IdentError> {
+    if privileges.is_empty() {
+        return Ok(());
+    }
+    for name in names {
+        if name == "*" {
+            match kind {
+                Kind::Table => {
+                    for t in catalog.tables.get(schema).into_iter().flatten() {
+                        add(&Object::Table(sid.clone(), ident(t)?), privileges);
+                    }
+                    add(
+                        &Object::DefaultTables(owner.clone(), sid.clone()),
+                        privileges,
+                    );
+                }
+                Kind::Sequence => {
+                    for q in catalog.sequences.get(schema).into_iter().flatten() {
+                        add(&Object::Sequence(sid.clone(), ident(q)?), privileges);
+                    }
+                    add(
+                        &Object::DefaultSequences(owner.clone(), sid.clone()),
+                        privileges,
+                    );
+                }
+                Kind::Function => {
+                    for (f, sig) in catalog.functions.get(schema).into_iter().flatten() {
+                        add(
+                            &Object::Function(sid.clone(), ident(f)?, sig.clone()),
+                            privileges,
+                        );
+                    }
+                    add(
+                        &Object::DefaultFunctions(owner.clone(), sid.clone()),
+                        privileges,
+                    );
+                }
+            }
+            continue;
+        }
+        match kind {
+            Kind::Table => add(&Object::Table(sid.clone(), ident(name)?), privileges),
+            Kind::Sequence => add(&Object::Sequence(sid.clone(), ident(name)?), privileges),
+            Kind::Function => {
+                // Every overload of the named function.
+                for (f, sig) in catalog
+                    .functions
+                    .get(schema)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(f, _)| f == name)
+                {
+                    add(
+                        &Object::Function(sid.clone(), ident(f)?, sig.clone()),
+                        privileges,
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One statement of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Grant(Priv),
+    Revoke(Priv),
+}
+
+/// What turns `current` into `desired`: revokes first, then grants. Pure.
+pub fn plan(desired: &BTreeSet<Priv>, current: &BTreeSet<Priv>) -> Vec<Change> {
+    let revokes = current.difference(desired).cloned().map(Change::Revoke);
+    let grants = desired.difference(current).cloned().map(Change::Grant);
+    revokes.chain(grants).collect()
+}
+
+/// The SQL of one change for `role`. Every name is an `Ident`; function signatures are the
+/// server's own `regprocedure` rendering.
+pub fn sql(change: &Change, role: &Ident) -> String {
+    let (verb, p, prep) = match change {
+        Change::Grant(p) => ("GRANT", p, "TO"),
+        Change::Revoke(p) => ("REVOKE", p, "FROM"),
+    };
+    let target = |what: &str, owner: &Ident, schema: &Ident| {
+        format!(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {schema} {verb} {} ON {what} {prep} {role}",
+            p.privilege
+        )
+    };
+    match &p.object {
+        Object::DefaultTables(o, s) => target("TABLES", o, s),
+        Object::DefaultSequences(o, s) => target("SEQUENCES", o, s),
+        Object::DefaultFunctions(o, s) => target("FUNCTIONS", o, s),
+        object => format!("{verb} {} ON {object} {prep} {role}", p.privilege),
+    }
+}
+
+/// Reads the objects grants can name in the connected database.
+pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> {
+    let head = client
+        .query_one("SELECT current_database()::text, current_user::text", &[])
+        .await?;
+    let mut c = Catalog {
+        database: head.get(0),
+        owner: head.get(1),
+        ..Catalog::default()
+    };
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') \
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'",
+            &[],
+        )
+        .await?;
+    for r in rows {
+        let (schema, name, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        let map = if kind == "S" {
+            &mut c.sequences
+        } else {
+            &mut c.tables
+        };
+        map.entry(schema).or_default().insert(name);
+    }
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, p.proname::text, p.oid::regprocedure::text FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE p.prokind IN ('f', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg\\_%'",
+            &[],
+        )
+        .await?;
+    for r in rows {
+        c.functions
+            .entry(r.get(0))
+            .or_default()
+            .insert((r.get(1), r.get(2)));
+    }
+    for r in client
+        .query("SELECT nspname::text FROM pg_namespace", &[])
+        .await?
+    {
+        c.schemas.insert(r.get(0));
+    }
+    Ok(c)
+}
+
+/// The privileges `role` holds now in the connected database, as explicit ACL entries (not
+/// through ownership or PUBLIC), including default privileges of `catalog.owner`.
+pub async fn current(
+    client: &impl GenericClient,
+    role: &str,
+    catalog: &Catalog,
+) -> Result<BTreeSet<Priv>, CurrentError> {
+    let rows = client
+        .query(
+            "WITH r AS (SELECT oid FROM pg_roles WHERE rolname = $1) \
+             SELECT 'database', d.datname::text, '', '', a.privilege_type FROM pg_database d, aclexplode(d.datacl) a, r \
+               WHERE d.datname = current_database() AND a.grantee = r.oid \
+             UNION ALL SELECT 'schema', n.nspname::text, '', '', a.privilege_type FROM pg_namespace n, aclexplode(n.nspacl) a, r \
+               WHERE a.grantee = r.oid AND n.nspowner <> r.oid \
+             UNION ALL SELECT CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END, n.nspname::text, c.relname::text, '', a.privilege_type \
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a, r \
+               WHERE a.grantee = r.oid AND c.relowner <> r.oid \
+             UNION ALL SELECT 'function', n.nspname::text, p.proname::text, p.oid::regprocedure::text, a.privilege_type \
+               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, aclexplode(p.proacl) a, r \
+               WHERE a.grantee = r.oid AND p.proowner <> r.oid \
+             UNION ALL SELECT 'default-' || d.defaclobjtype::text, n.nspname::text, o.rolname::text, '', a.privilege_type \
+               FROM pg_default_acl d JOIN pg_namespace n ON n.oid = d.defaclnamespace JOIN pg_roles o ON o.oid = d.defaclrole, \
+               aclexplode(d.defaclacl) a, r WHERE a.grantee = r.oid AND o.rolname = $2",
+            &[&role, &catalog.owner],
+        )
+        .await
+        .map_err(CurrentError::Query)?;
+    let mut out = BTreeSet::new();
+    for r in rows {
+        let (kind, a, b, sig, privilege): (String, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let object = match kind.as_str() {
+            "database" => Object::Database(ident(&a)?),
+            "schema" => Object::Schema(ident(&a)?),
+            "table" => Object::Table(ident(&a)?, ident(&b)?),
+            "sequence" => Object::Sequence(ident(&a)?, ident(&b)?),
+            "function" => Object::Function(ident(&a)?, ident(&b)?, sig),
+            "default-r" => Object::DefaultTables(ident(&b)?, ident(&a)?),
+            "default-S" => Object::DefaultSequences(ident(&b)?, ident(&a)?),
+            "default-f" => Object::DefaultFunctions(ident(&b)?, ident(&a)?),
+            _ => continue,
+        };
+        let Some(privilege) = static_privilege(&privilege) else {
+            continue;
+        };
+        out.insert(Priv { object, privilege });
+    }
+    Ok(out)
+}
+
+/// Reading the current privileges failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CurrentError {
+    #[error("reading the role's privileges: {}", .0.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| .0.to_string()))]
+    Query(#[source] tokio_postgres::Error),
+    #[error("the catalog holds a name dbconn cannot manage: {0}")]
+    Name(#[from] IdentError),
+}
+
+fn static_privilege(p: &str) -> Option<&'static str> {
+    TABLE_ALL
+        .iter()
+        .chain(&SEQUENCE_ALL)
+        .chain(&SCHEMA_ALL)
+        .chain(&DATABASE_ALL)
+        .chain(&["EXECUTE"])
+        .find(|known| **known == p)
+        .copied()
+}
+
+/// Names, privileges and the desired entries they check, for one has_*_privilege function.
+type Batch<'a> = (Vec<String>, Vec<String>, Vec<&'a Priv>);
+
+/// What the role can really do, measured while logged in as it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Proof {
+    pub granted: usize,
+    pub missing: Vec<Priv>,
+}
+
+/// Checks every desired privilege with has_*_privilege, logged in as the role. Default
+/// privileges are settings, not privileges the role can use, so they are not counted.
+pub async fn prove(
+    client: &Client,
+    desired: &BTreeSet<Priv>,
+) -> Result<Proof, tokio_postgres::Error> {
+    let mut proof = Proof::default();
+    // One round trip per object kind: names and privileges travel as parameters.
+    let mut batches: BTreeMap<&'static str, Batch<'_>> = BTreeMap::new();
+    for p in desired.iter().filter(|p| !p.object.is_default()) {
+        let (func, name) = match &p.object {
+            Object::Database(d) => ("has_database_privilege", d.as_str().to_owned()),
+            Object::Schema(s) => ("has_schema_privilege", s.as_str().to_owned()),
+            Object::Table(s, t) => ("has_table_privilege", format!("{s}.{t}")),
+            Object::Sequence(s, q) => ("has_sequence_privilege", format!("{s}.{q}")),
+            Object::Function(_, _, sig) => ("has_function_privilege", sig.clone()),
+            _ => continue,
+        };
+        let entry = batches.entry(func).or_default();
+        entry.0.push(name);
+        entry.1.push(p.privilege.to_owned());
+        entry.2.push(p);
+    }
+    for (func, (names, privs, items)) in batches {
+        // `func` is one of the five constants above, never user input.
+        let query = format!(
+            "SELECT coalesce({func}(n, p), false) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(n, p, i) ORDER BY i"
+        );
+        let rows = client.query(&query, &[&names, &privs]).await?;
+        for (row, p) in rows.iter().zip(items) {
+            if row.get::<_, bool>(0) {
+                proof.granted += 1;
+            } else {
+                proof.missing.push(p.clone());
+            }
+        }
+    }
+    Ok(proof)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,96 @@
+//! The application role: inspect it, decide what to change (pure), and set its password as
+//! a SCRAM-SHA-256 verifier computed here, so the password itself never reaches the server.
+
+use tokio_postgres::Client;
+
+use super::quote::{Ident, literal};
+
+/// The attributes of an existing role that dbconn manages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleState {
+    pub can_login: bool,
+    pub connection_limit: i32,
+}
+
+/// Reads a role's attributes; `None` when it does not exist.
+pub async fn inspect(
+    client: &Client,
+    name: &str,
+) -> Result<Option<RoleState>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| RoleState {
+        can_login: r.get(0),
+        connection_limit: r.get(1),
+    }))
+}
+
+/// What to run so the role exists with LOGIN and its connection limit. Pure. A new role
+/// gets its password verifier at once; an existing one keeps its password (the login proof
+/// decides whether it must change).
+pub fn ensure_sql(
+    role: &Ident,
+    connection_limit: i32,
+    state: Option<&RoleState>,
+    verifier: &str,
+) -> Option<String> {
+    match state {
+        None => Some(format!(
+            "CREATE ROLE {role} LOGIN CONNECTION LIMIT {connection_limit} PASSWORD {}",
+            literal(verifier)
+        )),
+        Some(s) if !s.can_login || s.connection_limit != connection_limit => Some(format!(
+            "ALTER ROLE {role} LOGIN CONNECTION LIMIT {connection_limit}"
+        )),
+        Some(_) => None,
+    }
+}
+
+/// The SQL that sets a role's password from its verifier.
+pub fn password_sql(role: &Ident, verifier: &str) -> String {
+    format!("ALTER ROLE {role} PASSWORD {}", literal(verifier))
+}
+
+/// SCRAM-SHA-256 verifier of `password` with a random salt, as PostgreSQL stores it.
+pub fn verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::quote::ident;
+
+    #[test]
+    fn a_new_role_is_created_with_a_verifier_never_the_password() {
+        let v = verifier("s3cret pass'word");
+        assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
+        assert!(!v.contains("s3cret"));
+        let role = ident("Shop \"Orders\"").unwrap();
+        let sql = ensure_sql(&role, 20, None, &v).expect("create");
+        assert!(sql.starts_with("CREATE ROLE \"Shop \"\"Orders\"\"\" LOGIN CONNECTION LIMIT 20 PASSWORD 'SCRAM-SHA-256$"), "{sql}");
+        assert!(!sql.contains("s3cret"));
+    }
+
+    #[test]
+    fn an_existing_role_changes_only_when_attributes_differ() {
+        let role = ident("app").unwrap();
+        let same = RoleState {
+            can_login: true,
+            connection_limit: -1,
+        };
+        assert_eq!(ensure_sql(&role, -1, Some(&same), "v"), None);
+        let nologin = RoleState {
+            can_login: false,
+            connection_limit: -1,
+        };
+        assert_eq!(
+            ensure_sql(&role, 5, Some(&nologin), "v").as_deref(),
+            Some("ALTER ROLE \"app\" LOGIN CONNECTION LIMIT 5")
+        );
+    }
+}
