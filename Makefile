@@ -11,7 +11,7 @@ help: ## this list
 setup: ## install PostgreSQL, PgBouncer and build kube-apiserver/etcd/helm once (cached in ~/.cache/dbconn)
 	scripts/setup.sh
 
-demo: setup ## start the local bed, install the CRDs and the quickstart connection
+demo: setup ## local bed + CRDs + operator; quickstart connection becomes Ready; psql with its Secret
 	scripts/demo.sh
 
 test: setup lint ## fmt + clippy, unit tests, integration tests on a fresh local bed
@@ -31,6 +31,7 @@ bed-up: setup ## start the test bed in the background and print KUBECONFIG=, DAT
 	@$(CARGO) build -q -p testbed
 	@target/debug/testbed --dir $(BED_DIR) up
 
-bed-down: ## stop the test bed and remove its files
+bed-down: ## stop the test bed (and the demo's operator) and remove its files
+	@if [ -f $(BED_DIR)/operator.pid ]; then kill $$(cat $(BED_DIR)/operator.pid) 2>/dev/null || true; fi
 	@$(CARGO) build -q -p testbed
 	@target/debug/testbed --dir $(BED_DIR) down

@@ -29,6 +29,25 @@ admin_url="${DATABASE_URL%%\?*}"
 kubectl -n shop create secret generic orders-db-admin --from-literal=url="$admin_url" --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n shop create secret generic orders-db-ca --from-file=ca.crt="$PGSSLROOTCERT" --dry-run=client -o yaml | kubectl apply -f -
 
-step "kubectl get databaseconnections -A"
+step "starting dbconn operator (log: $BED_DIR/operator.log)"
+if [ -f "$BED_DIR/operator.pid" ] && kill -0 "$(cat "$BED_DIR/operator.pid")" 2>/dev/null; then
+  echo "already running (pid $(cat "$BED_DIR/operator.pid"))"
+else
+  kubectl create namespace dbconn-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  POD_NAMESPACE=dbconn-system nohup target/debug/dbconn operator >"$BED_DIR/operator.log" 2>&1 &
+  echo $! >"$BED_DIR/operator.pid"
+fi
+
+step "waiting for DatabaseConnection shop/orders to become Ready"
+kubectl -n shop wait --for=condition=Ready dbconn/orders --timeout=120s
 kubectl get dbconn -A
-step "done: the bed keeps running; 'make bed-down' stops it"
+kubectl -n shop get dbconn orders -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.message}{"\n"}{end}'
+
+step "the Secret shop/orders-db (keys; values stay in the cluster)"
+kubectl -n shop get secret orders-db -o go-template='{{range $k, $v := .data}}{{$k}}{{"\n"}}{{end}}'
+
+step "psql with the Secret's uri, as the application role"
+uri=$(kubectl -n shop get secret orders-db -o jsonpath='{.data.uri}' | base64 -d)
+# The uri's sslrootcert is the path the chart mounts in a pod; here the bed's CA stands in.
+psql "${uri%%&sslrootcert=*}&sslrootcert=$PGSSLROOTCERT" -c 'SELECT current_user, ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()'
+step "done: the bed and the operator keep running; 'make bed-down' stops them"
