@@ -463,11 +463,7 @@ async fn announce(conn: &DatabaseConnection, ctx: &Context, ready: &Cond) {
         .status
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
-    let status = match ready.ok {
-        Some(true) => "True",
-        Some(false) => "False",
-        None => "Unknown",
-    };
+    let status = ready.status();
     if before.is_some_and(|b| b.status == status && b.reason == ready.reason) {
         return;
     }

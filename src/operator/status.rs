@@ -76,11 +76,7 @@ pub fn merge(
     desired
         .iter()
         .map(|d| {
-            let status = match d.ok {
-                Some(true) => "True",
-                Some(false) => "False",
-                None => "Unknown",
-            };
+            let status = d.status();
             let previous = current.iter().find(|c| c.type_ == d.type_);
             let since = match previous {
                 Some(p) if p.status == status => p.last_transition_time.clone(),
