@@ -46,6 +46,15 @@ impl Cond {
             message: message.into(),
         }
     }
+
+    /// The condition status as Kubernetes spells it.
+    pub fn status(&self) -> &'static str {
+        match self.ok {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "Unknown",
+        }
+    }
 }
 
 /// The full list after a run that got through `done` and failed (or not) at the next step:
