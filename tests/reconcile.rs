@@ -3,9 +3,10 @@
 
 mod support;
 
-use support::{apply_yaml, bed, kubectl_ok, namespace, operator_log, unique, wait_for};
-
-const READY: &str = r#"{.status.conditions[?(@.type=="Ready")].status}"#;
+use support::{
+    READY, apply_yaml, bed, kubectl_ok, namespace, operator_log, psql_as_secret, secret_value,
+    unique, wait_for, wait_reason,
+};
 
 /// Admin URL and CA Secrets for an inline connection in `ns`.
 fn admin_secrets(ns: &str, port: u16) {
@@ -33,49 +34,6 @@ fn connection(ns: &str, name: &str, db: &str, role: &str, access: &str, extra: &
          server:\n    urlSecretRef: {{name: admin-url}}\n    tls: {{sslmode: verify-full, caSecretRef: {{name: db-ca}}}}\n  \
          database: {db}\n  role: {{name: {role:?}}}\n  access: {access}\n{extra}"
     )
-}
-
-fn secret_value(ns: &str, name: &str, key: &str) -> String {
-    let b64 = kubectl_ok(&[
-        "-n",
-        ns,
-        "get",
-        "secret",
-        name,
-        "-o",
-        &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
-    ]);
-    let out = std::process::Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().expect("stdin").write_all(b64.as_bytes())?;
-            c.wait_with_output()
-        });
-    String::from_utf8(out.expect("base64").stdout).expect("utf-8")
-}
-
-/// psql with the Secret's PG* settings (the CA path points at the bed's CA file here).
-fn psql_as_secret(ns: &str, secret: &str, sql: &str) -> Result<String, String> {
-    let out = std::process::Command::new("psql")
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGHOST", secret_value(ns, secret, "PGHOST"))
-        .env("PGPORT", secret_value(ns, secret, "PGPORT"))
-        .env("PGDATABASE", secret_value(ns, secret, "PGDATABASE"))
-        .env("PGUSER", secret_value(ns, secret, "PGUSER"))
-        .env("PGPASSWORD", secret_value(ns, secret, "PGPASSWORD"))
-        .env("PGSSLMODE", secret_value(ns, secret, "PGSSLMODE"))
-        .env("PGSSLROOTCERT", &bed().ca_cert)
-        .output()
-        .expect("psql");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
 }
 
 fn ddl_count(log: &str, role: &str) -> usize {
@@ -272,23 +230,7 @@ fn mistakes_become_conditions_that_say_what_to_fix() {
         &connection(&ns, "no-secret", "postgres", "app_x", "readOnly", "")
             .replace("name: admin-url", "name: nope"),
     );
-    wait_for(
-        "dbconn",
-        &ns,
-        "no-secret",
-        r#"{.status.conditions[?(@.type=="ServerReachable")].reason}"#,
-        "SecretNotFound",
-        60,
-    );
-    let msg = kubectl_ok(&[
-        "-n",
-        &ns,
-        "get",
-        "dbconn",
-        "no-secret",
-        "-o",
-        r#"jsonpath={.status.conditions[?(@.type=="ServerReachable")].message}"#,
-    ]);
+    let msg = wait_reason(&ns, "no-secret", "ServerReachable", "SecretNotFound", 60);
     assert_eq!(msg, format!("secret {ns}/nope not found"));
 
     // A server nobody listens on: the condition says so within the connect time-out.
@@ -307,14 +249,7 @@ fn mistakes_become_conditions_that_say_what_to_fix() {
         &connection(&ns, "dead", "postgres", "app_y", "readOnly", "")
             .replace("name: admin-url", "name: dead-url"),
     );
-    wait_for(
-        "dbconn",
-        &ns,
-        "dead",
-        r#"{.status.conditions[?(@.type=="ServerReachable")].reason}"#,
-        "Unreachable",
-        60,
-    );
+    wait_reason(&ns, "dead", "ServerReachable", "Unreachable", 60);
 
     // verify-full against a name the certificate does not carry.
     apply_yaml(
@@ -323,11 +258,10 @@ fn mistakes_become_conditions_that_say_what_to_fix() {
             "sslmode: verify-full, serverName: db.example.com,",
         ),
     );
-    wait_for(
-        "dbconn",
+    wait_reason(
         &ns,
         "wrong-name",
-        r#"{.status.conditions[?(@.type=="ServerReachable")].reason}"#,
+        "ServerReachable",
         "CertificateNameMismatch",
         60,
     );
@@ -341,14 +275,7 @@ fn mistakes_become_conditions_that_say_what_to_fix() {
     apply_yaml(&format!(
         "apiVersion: dbconn.io/v1alpha1\nkind: DatabaseConnection\nmetadata: {{name: denied, namespace: {ns}}}\nspec:\n  serverRef: {server}\n  database: postgres\n  role: {{name: app_d}}\n"
     ));
-    wait_for(
-        "dbconn",
-        &ns,
-        "denied",
-        r#"{.status.conditions[?(@.type=="ServerReachable")].reason}"#,
-        "ServerNotAllowed",
-        60,
-    );
+    wait_reason(&ns, "denied", "ServerReachable", "ServerNotAllowed", 60);
     wait_for("dbconn", &ns, "denied", READY, "False", 10);
     println!(
         "missing Secret, unreachable server, wrong certificate name and denied server all reported"

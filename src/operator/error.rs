@@ -35,7 +35,9 @@ pub enum Error {
     Tls(#[from] TlsConfigError),
     #[error("{0}")]
     Connect(#[from] ConnectError),
-    #[error("validate-only mode (no admin credentials) needs role.passwordSecretRef")]
+    #[error(
+        "validate-only mode (no admin credentials) needs role.passwordSecretRef or a client certificate (tls.clientCertSecretRef)"
+    )]
     NoCredentials,
     #[error("role {0:?} does not exist and role.create is false")]
     RoleMissing(String),

@@ -96,6 +96,8 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
         Some(p) => secret_key(&ctx.client, &ns, &p.name, p.key_or("password"))
             .await
             .map_err(at(ROLE_READY))?,
+        // A certificate-only role in validate-only mode has no password.
+        None if resolved.admin.is_none() => String::new(),
         // Generated once and kept: rewriting it would restart every pod that reads it.
         None => match existing
             .as_ref()
@@ -171,8 +173,9 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
             (app, desired)
         }
         None => {
-            // Validate-only: log in as the role with its own password; grant nothing.
-            if spec.role.password_secret_ref.is_none() {
+            // Validate-only: log in as the role with its own password (or only its client
+            // certificate); grant nothing.
+            if spec.role.password_secret_ref.is_none() && resolved.client_cert.is_none() {
                 return Err(at(ROLE_READY)(Error::NoCredentials));
             }
             let app = login(&resolved, &role_name, &password)
@@ -231,6 +234,7 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
         password,
         sslmode: resolved.base.sslmode,
         ca_pem: resolved.ca_pem.clone(),
+        client_cert: resolved.client_cert.clone(),
         pooler_port: spec
             .pooler
             .enabled
@@ -295,7 +299,7 @@ fn connected_message(resolved: &Resolved, s: &Session, version: Option<&str>) ->
 async fn login(resolved: &Resolved, user: &str, password: &str) -> Result<Session, ConnectError> {
     let ep = Endpoint {
         user: user.to_owned(),
-        password: Some(password.to_owned()),
+        password: Some(password.to_owned()).filter(|p| !p.is_empty()),
         ..resolved.base.clone()
     };
     connect(&ep).await

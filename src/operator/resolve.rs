@@ -23,6 +23,9 @@ pub struct Resolved {
     pub admin: Option<(String, String)>,
     /// The CA PEM, copied into the connection's Secret for clients.
     pub ca_pem: Option<String>,
+    /// Client certificate and key PEM for the application, from the connection's own
+    /// namespace (a DatabaseServer's client certificate is the admin's and never copied).
+    pub client_cert: Option<(String, String)>,
 }
 
 /// Reads one key of a Secret as text.
@@ -177,16 +180,22 @@ pub async fn resolve(
     let mut base = Endpoint::new(host.clone(), port, spec.database.clone(), String::new());
     base.sslmode = tls.sslmode;
     base.application_name = "dbconn-operator".into();
-    let ca_pem = material
-        .ca_pem
-        .as_ref()
-        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let text = |p: &Option<Vec<u8>>| p.as_ref().map(|p| String::from_utf8_lossy(p).into_owned());
+    let ca_pem = text(&material.ca_pem);
+    let client_cert = match (
+        text(&material.client_cert_pem),
+        text(&material.client_key_pem),
+    ) {
+        (Some(cert), Some(key)) if spec.server_ref.is_none() => Some((cert, key)),
+        _ => None,
+    };
     base.tls = material;
     Ok(Resolved {
         label: format!("{host}:{port}"),
         base,
         admin,
         ca_pem,
+        client_cert,
     })
 }
 

@@ -8,6 +8,9 @@ use crate::postgres::url::encode;
 
 /// Where the chart mounts the Secret's `ca.crt` in the pod (PGSSLROOTCERT points here).
 pub const CA_MOUNT_PATH: &str = "/var/run/dbconn/ca.crt";
+/// Where the chart mounts the client certificate and key (PGSSLCERT, PGSSLKEY).
+pub const CERT_MOUNT_PATH: &str = "/var/run/dbconn/tls.crt";
+pub const KEY_MOUNT_PATH: &str = "/var/run/dbconn/tls.key";
 
 /// What a client needs to connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +23,8 @@ pub struct Fields {
     pub sslmode: SslMode,
     /// PEM of the CA that verifies the server, when one is used.
     pub ca_pem: Option<String>,
+    /// Client certificate and key PEM for mutual TLS, when the connection uses them.
+    pub client_cert: Option<(String, String)>,
     /// Loopback port of the pooling sidecar, when enabled.
     pub pooler_port: Option<u16>,
 }
@@ -40,7 +45,23 @@ fn host_in_url(host: &str) -> String {
     }
 }
 
-fn uri(f: &Fields, host: &str, port: u16, sslmode: SslMode, ca: bool) -> String {
+/// The TLS file parameters of a URL going straight to the server.
+fn tls_params(f: &Fields) -> String {
+    let mut s = String::new();
+    if f.ca_pem.is_some() {
+        s.push_str(&format!("&sslrootcert={}", encode(CA_MOUNT_PATH)));
+    }
+    if f.client_cert.is_some() {
+        s.push_str(&format!(
+            "&sslcert={}&sslkey={}",
+            encode(CERT_MOUNT_PATH),
+            encode(KEY_MOUNT_PATH)
+        ));
+    }
+    s
+}
+
+fn uri(f: &Fields, host: &str, port: u16, sslmode: SslMode, direct: bool) -> String {
     let mut s = format!(
         "postgresql://{}:{}@{}:{port}/{}?sslmode={}",
         encode(&f.username),
@@ -49,8 +70,8 @@ fn uri(f: &Fields, host: &str, port: u16, sslmode: SslMode, ca: bool) -> String 
         encode(&f.dbname),
         sslmode.as_str()
     );
-    if ca {
-        s.push_str(&format!("&sslrootcert={}", encode(CA_MOUNT_PATH)));
+    if direct {
+        s.push_str(&tls_params(f));
     }
     s
 }
@@ -65,9 +86,7 @@ fn jdbc_uri(f: &Fields) -> String {
         encode(&f.password),
         f.sslmode.as_str()
     );
-    if f.ca_pem.is_some() {
-        s.push_str(&format!("&sslrootcert={}", encode(CA_MOUNT_PATH)));
-    }
+    s.push_str(&tls_params(f));
     s
 }
 
@@ -89,13 +108,13 @@ pub fn render(
     f: &Fields,
     templates: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, TemplateError> {
-    let direct = uri(f, &f.host, f.port, f.sslmode, f.ca_pem.is_some());
-    let (host, port, sslmode, ca) = match f.pooler_port {
+    let direct = uri(f, &f.host, f.port, f.sslmode, true);
+    let (host, port, sslmode, to_server) = match f.pooler_port {
         Some(p) => ("127.0.0.1".to_owned(), p, SslMode::Disable, false),
-        None => (f.host.clone(), f.port, f.sslmode, f.ca_pem.is_some()),
+        None => (f.host.clone(), f.port, f.sslmode, true),
     };
     let mut data = BTreeMap::from([
-        ("uri".to_owned(), uri(f, &host, port, sslmode, ca)),
+        ("uri".to_owned(), uri(f, &host, port, sslmode, to_server)),
         ("jdbc-uri".to_owned(), jdbc_uri(f)),
         ("host".to_owned(), f.host.clone()),
         ("port".to_owned(), f.port.to_string()),
@@ -116,8 +135,16 @@ pub fn render(
     }
     if let Some(ca_pem) = &f.ca_pem {
         data.insert("ca.crt".to_owned(), ca_pem.clone());
-        if ca {
+        if to_server {
             data.insert("PGSSLROOTCERT".to_owned(), CA_MOUNT_PATH.to_owned());
+        }
+    }
+    if let Some((cert, key)) = &f.client_cert {
+        data.insert("tls.crt".to_owned(), cert.clone());
+        data.insert("tls.key".to_owned(), key.clone());
+        if to_server {
+            data.insert("PGSSLCERT".to_owned(), CERT_MOUNT_PATH.to_owned());
+            data.insert("PGSSLKEY".to_owned(), KEY_MOUNT_PATH.to_owned());
         }
     }
     if !templates.is_empty() {
@@ -170,6 +197,7 @@ mod tests {
             password: password.into(),
             sslmode: SslMode::VerifyFull,
             ca_pem: Some("-----BEGIN CERTIFICATE-----\n".into()),
+            client_cert: None,
             pooler_port: None,
         }
     }
@@ -209,6 +237,27 @@ mod tests {
         assert!(data["direct-uri"].contains("@db.internal:5432/"));
         assert_eq!(data["PGHOST"], "127.0.0.1");
         assert!(!data.contains_key("PGSSLROOTCERT"));
+    }
+
+    #[test]
+    fn a_client_certificate_is_carried_with_its_mount_paths() {
+        let mut f = fields("pw");
+        f.client_cert = Some(("CERT".into(), "KEY".into()));
+        let data = render(&f, &BTreeMap::new()).unwrap();
+        assert_eq!(data["tls.crt"], "CERT");
+        assert_eq!(data["tls.key"], "KEY");
+        assert_eq!(data["PGSSLKEY"], KEY_MOUNT_PATH);
+        assert!(data["uri"].contains("&sslcert="), "{}", data["uri"]);
+        assert!(
+            data["jdbc-uri"].contains("&sslkey="),
+            "{}",
+            data["jdbc-uri"]
+        );
+        f.pooler_port = Some(6432);
+        let data = render(&f, &BTreeMap::new()).unwrap();
+        assert!(!data["uri"].contains("sslcert"), "the sidecar speaks plain");
+        assert!(data["direct-uri"].contains("sslkey="));
+        assert!(!data.contains_key("PGSSLCERT"));
     }
 
     #[test]

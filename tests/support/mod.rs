@@ -185,3 +185,115 @@ pub fn kubectl_eventually(args: &[&str], secs: u64) -> String {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
+
+/// jsonpath of a DatabaseConnection's Ready status.
+pub const READY: &str = r#"{.status.conditions[?(@.type=="Ready")].status}"#;
+
+/// jsonpath of one field (`reason`, `message`, `status`) of a condition.
+pub fn condition(kind: &str, field: &str) -> String {
+    format!(r#"{{.status.conditions[?(@.type=="{kind}")].{field}}}"#)
+}
+
+/// Waits until a DatabaseConnection's condition has the reason `want`; returns its message.
+pub fn wait_reason(ns: &str, name: &str, kind: &str, want: &str, secs: u64) -> String {
+    wait_for("dbconn", ns, name, &condition(kind, "reason"), want, secs);
+    get(ns, "dbconn", name, &condition(kind, "message"))
+}
+
+/// One jsonpath of an object.
+pub fn get(ns: &str, kind: &str, name: &str, jsonpath: &str) -> String {
+    kubectl_ok(&[
+        "-n",
+        ns,
+        "get",
+        kind,
+        name,
+        "-o",
+        &format!("jsonpath={jsonpath}"),
+    ])
+}
+
+/// Creates (or replaces) a generic Secret from literal key/value pairs.
+pub fn secret(ns: &str, name: &str, data: &[(&str, &str)]) {
+    use std::fmt::Write;
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\nstringData:\n"
+    );
+    for (k, v) in data {
+        // JSON strings are YAML flow scalars: any byte sequence survives.
+        let _ = writeln!(yaml, "  {k:?}: {}", json_string(v));
+    }
+    apply_yaml(&yaml);
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// One key of a Secret, decoded.
+pub fn secret_value(ns: &str, name: &str, key: &str) -> String {
+    use base64::Engine;
+    let b64 = get(
+        ns,
+        "secret",
+        name,
+        &format!("{{.data.{}}}", key.replace('.', "\\.")),
+    );
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .expect("base64");
+    String::from_utf8(bytes).expect("utf-8")
+}
+
+/// Runs psql with the given environment; stdout on success, stderr on failure.
+pub fn psql_env(sql: &str, env: &[(&str, String)]) -> Result<String, String> {
+    psql(None, sql, env)
+}
+
+/// Runs psql with a connection URI.
+pub fn psql_uri(uri: &str, sql: &str) -> Result<String, String> {
+    psql(Some(uri), sql, &[])
+}
+
+fn psql(conninfo: Option<&str>, sql: &str, env: &[(&str, String)]) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .args(conninfo)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// psql with the Secret's PG* keys (the file paths point at the bed's files here, where the
+/// chart would mount the Secret's).
+pub fn psql_as_secret(ns: &str, secret: &str, sql: &str) -> Result<String, String> {
+    let mut env: Vec<(&str, String)> = [
+        "PGHOST",
+        "PGPORT",
+        "PGDATABASE",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGSSLMODE",
+    ]
+    .into_iter()
+    .map(|k| (k, secret_value(ns, secret, k)))
+    .collect();
+    env.push(("PGSSLROOTCERT", bed().ca_cert.display().to_string()));
+    psql_env(sql, &env)
+}
