@@ -6,8 +6,8 @@
 mod support;
 
 use support::{
-    READY, apply_yaml, bed, condition, get, kubectl_ok, namespace, operator_log, psql_env,
-    psql_uri, secret, secret_value, unique, wait_for, wait_reason,
+    READY, apply_yaml, bed, condition, get, kubectl_ok, namespace, operator_log, psql_as_secret,
+    psql_env, psql_uri, secret, secret_value, unique, wait_for, wait_reason,
 };
 
 use dbconn::operator::secret::CA_MOUNT_PATH;
@@ -581,4 +581,70 @@ fn a_server_that_never_answers_does_not_hold_up_other_connections() {
         println!("silent-{i}: {msg}");
     }
     drop(silent);
+}
+
+#[test]
+fn a_database_server_is_checked_and_serves_only_the_namespaces_it_allows() {
+    operator_log();
+    let pg = &bed().postgres;
+    // The server's Secrets live in the operator's namespace and are never copied elsewhere.
+    let admin = unique("server-admin");
+    secret(
+        "dbconn-system",
+        &admin,
+        &[
+            ("username", "postgres"),
+            ("password", &pg.superuser_password),
+        ],
+    );
+    let ca = unique("server-ca");
+    let ca_pem = std::fs::read_to_string(&bed().ca_cert).expect("CA");
+    secret("dbconn-system", &ca, &[("ca.crt", &ca_pem)]);
+    let server = unique("shared");
+    let team = unique("team");
+    apply_yaml(&format!(
+        "apiVersion: dbconn.io/v1alpha1\nkind: DatabaseServer\nmetadata: {{name: {server}}}\nspec:\n  host: localhost\n  port: {}\n  \
+         tls: {{sslmode: verify-full, caSecretRef: {{name: {ca}}}}}\n  adminSecretRef: {{name: {admin}}}\n  \
+         allowedNamespaces: {{matchLabels: {{team: {team}}}}}\n",
+        pg.port
+    ));
+    wait_for("dbserver", "", &server, READY, "True", 60);
+    let version = get("", "dbserver", &server, "{.status.serverVersion}");
+    assert!(version.starts_with("15"), "{version}");
+
+    let ns = namespace("tenant");
+    kubectl_ok(&["label", "namespace", &ns, &format!("team={team}")]);
+    let role = unique("tenant app");
+    apply_yaml(&format!(
+        "apiVersion: dbconn.io/v1alpha1\nkind: DatabaseConnection\nmetadata: {{name: app, namespace: {ns}}}\nspec:\n  \
+         serverRef: {server}\n  database: postgres\n  role: {{name: {role:?}}}\n  access: none\n  grants: [{{privileges: [CONNECT]}}]\n"
+    ));
+    wait_for("dbconn", &ns, "app", READY, "True", 60);
+    assert_eq!(
+        get(&ns, "dbconn", "app", "{.status.server}"),
+        format!("localhost:{}", pg.port)
+    );
+    // The CA is public and travels with the Secret; the admin credentials do not.
+    assert_eq!(secret_value(&ns, "app", "ca.crt"), ca_pem);
+    let secrets = kubectl_ok(&["-n", &ns, "get", "secrets", "-o", "yaml"]);
+    assert!(!secrets.contains(&admin));
+    assert_eq!(
+        psql_as_secret(&ns, "app", "SELECT current_user").as_deref(),
+        Ok(role.as_str())
+    );
+
+    // A wrong admin password shows on the DatabaseServer itself.
+    secret(
+        "dbconn-system",
+        &admin,
+        &[("username", "postgres"), ("password", "wrong")],
+    );
+    wait_for(
+        "dbserver",
+        "",
+        &server,
+        &condition("Ready", "reason"),
+        "AuthenticationFailed",
+        60,
+    );
 }
