@@ -2,6 +2,8 @@
 //! least-privilege PostgreSQL connection.
 
 pub mod api;
+pub mod check;
+pub mod http;
 pub mod operator;
 pub mod postgres;
 pub mod telemetry;

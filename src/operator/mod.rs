@@ -1,34 +1,56 @@
-//! `dbconn operator`: controller wiring for DatabaseConnections and DatabaseServers.
+//! `dbconn operator`: controller wiring for DatabaseConnections and DatabaseServers, leader
+//! election, backoff, and the operations endpoint.
 
+mod backoff;
+mod cleanup;
 mod error;
+mod leader;
+pub mod metrics;
 mod reconcile;
 pub mod resolve;
 pub mod secret;
 mod server;
 pub mod status;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 pub use error::Error;
+pub use leader::LeaseSettings;
 
 use crate::api::{DatabaseConnection, DatabaseServer};
+use crate::http::{Reply, Routes, serve};
+use backoff::Backoff;
+use metrics::Metrics;
 
 /// Operator settings, parsed once at start.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Where the operator runs; DatabaseServer Secrets live here.
+    /// Where the operator runs; DatabaseServer Secrets and the leader Lease live here.
     pub namespace: String,
+    /// This replica's name: in the Lease, Events and the server's application_name.
+    pub identity: String,
     /// How often a Ready connection is checked again (repairs drift).
     pub revalidate: Duration,
+    /// The longest wait between retries of a failing reconcile.
+    pub max_backoff: Duration,
+    /// Reconciles of each kind that may run at once (each holds up to two server sessions).
+    pub concurrency: u16,
+    /// Leader election; `None` runs as the only replica.
+    pub lease: Option<LeaseSettings>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub http: SocketAddr,
 }
 
 /// Shared by every reconcile.
@@ -36,29 +58,175 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub recorder: Recorder,
+    pub metrics: Metrics,
+    backoff: Backoff,
 }
 
-fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(reason = error.reason(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(10))
+fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    ObjectRef::from_obj(obj).to_string()
 }
 
-/// Runs both controllers until SIGTERM/SIGINT.
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let wait = ctx.backoff.failed(&key(&*obj));
+    tracing::warn!(
+        object = %key(&*obj),
+        reason = error.reason(),
+        %error,
+        retry_in_seconds = wait.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(wait)
+}
+
+/// Runs one reconcile with metrics, and forgets the object's failures when it succeeds.
+async fn measured<K, F>(kind: &str, obj: &K, ctx: &Context, run: F) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+    F: Future<Output = Result<Action, Error>>,
+{
+    let started = Instant::now();
+    let result = run.await;
+    let reason = result.as_ref().err().map(Error::reason);
+    ctx.metrics
+        .reconciled(kind, started.elapsed().as_secs_f64(), reason);
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key(obj));
+    }
+    result
+}
+
+async fn reconcile_connection(
+    conn: Arc<DatabaseConnection>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let api = Api::<DatabaseConnection>::namespaced(
+        ctx.client.clone(),
+        &conn.namespace().unwrap_or_default(),
+    );
+    let work = finalizer(&api, cleanup::FINALIZER, conn.clone(), |event| async {
+        match event {
+            finalizer::Event::Apply(c) => reconcile::reconcile(c, ctx.clone()).await,
+            finalizer::Event::Cleanup(c) => cleanup::cleanup(c, ctx.clone()).await,
+        }
+    });
+    measured("DatabaseConnection", &*conn, &ctx, async {
+        work.await.map_err(Error::from)
+    })
+    .await
+}
+
+async fn reconcile_server(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    measured(
+        "DatabaseServer",
+        &*server,
+        &ctx,
+        server::reconcile(server.clone(), ctx.clone()),
+    )
+    .await
+}
+
+/// Runs the operator until SIGTERM/SIGINT: the operations endpoint always, the controllers
+/// while this replica leads (always, without leader election).
 pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     let reporter = Reporter {
         controller: "dbconn".into(),
-        instance: std::env::var("POD_NAME").ok(),
+        instance: Some(settings.identity.clone()),
     };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
+        backoff: Backoff::new(Duration::from_secs(1), settings.max_backoff),
+        metrics: Metrics::default(),
         settings,
     });
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(ctx.settings.http)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", ctx.settings.http))?;
+    tracing::info!(addr = %ctx.settings.http, "serving /healthz, /readyz and /metrics");
+    let http = tokio::spawn(serve(listener, routes(ctx.clone(), ready.clone())));
 
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let result = match ctx.settings.lease.clone() {
+        None => {
+            ready.store(true, Ordering::Relaxed);
+            ctx.metrics.leader.set(1);
+            tokio::select! {
+                () = controllers(ctx.clone()) => Ok(()),
+                () = &mut shutdown => Ok(()),
+            }
+        }
+        Some(lease) => {
+            leader::lead(
+                &client,
+                &ctx.settings.namespace,
+                &ctx.settings.identity,
+                &lease,
+                &mut shutdown,
+                || {
+                    ready.store(true, Ordering::Relaxed);
+                    controllers(ctx.clone())
+                },
+                |leading| {
+                    ctx.metrics.leader.set(i64::from(leading));
+                },
+            )
+            .await
+        }
+    };
+    http.abort();
+    tracing::info!("dbconn operator stopped");
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn routes(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Routes {
+    Arc::new(move |path: &str| match path {
+        "/healthz" => Reply::text(200, "ok\n"),
+        // Ready once watching (leader) or waiting for the Lease (standby): both can serve.
+        "/readyz" if ready.load(Ordering::Relaxed) || ctx.settings.lease.is_some() => {
+            Reply::text(200, "ok\n")
+        }
+        "/readyz" => Reply::text(503, "starting\n"),
+        "/metrics" => Reply {
+            status: 200,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body: ctx.metrics.render(),
+        },
+        _ => Reply::not_found(),
+    })
+}
+
+/// Both controllers, until their streams end.
+async fn controllers(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let config = controller::Config::default().concurrency(ctx.settings.concurrency);
     let connections = Controller::new(
         Api::<DatabaseConnection>::all(client.clone()),
         watcher::Config::default(),
-    );
+    )
+    .with_config(config.clone());
     let store = connections.store();
     let by_server = store.clone();
     let connections = connections
@@ -92,8 +260,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
             },
         )
-        .shutdown_on_signal()
-        .run(reconcile::reconcile, error_policy, ctx.clone())
+        .run(reconcile_connection, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection reconcile");
@@ -103,16 +270,15 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         Api::<DatabaseServer>::all(client.clone()),
         watcher::Config::default(),
     )
-    .shutdown_on_signal()
-    .run(server::reconcile, error_policy, ctx)
+    .with_config(config)
+    .run(reconcile_server, error_policy, ctx)
     .for_each(|result| async move {
         if let Err(e) = result {
             tracing::debug!(error = %e, "server reconcile");
         }
     });
-    tracing::info!("dbconn operator started");
+    tracing::info!("controllers started");
     futures::join!(connections, servers);
-    Ok(())
 }
 
 /// Names of the Secrets a connection reads in its own namespace.

@@ -2,7 +2,7 @@
 //! the role → converge grants → prove by logging in as the role → apply the Secret →
 //! report status. Planning steps are pure functions in src/postgres and secret.rs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +24,8 @@ use super::status::{
 use super::{Context, Error};
 use crate::api::{DatabaseConnection, DatabaseConnectionStatus, PrivilegeSummary};
 use crate::postgres::privileges::{self, Desired};
-use crate::postgres::quote::ident;
-use crate::postgres::{ConnectError, Endpoint, Session, connect, role};
+use crate::postgres::quote::{Ident, ident};
+use crate::postgres::{ConnectError, Session, role};
 
 /// Field manager for everything dbconn applies.
 pub const MANAGER: &str = "dbconn";
@@ -82,7 +82,7 @@ pub async fn reconcile(conn: Arc<DatabaseConnection>, ctx: Arc<Context>) -> Resu
 async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result<Cond, Failed> {
     let spec = &conn.spec;
     let ns = conn.namespace().unwrap_or_default();
-    let resolved = resolve(&ctx.client, conn, &ctx.settings.namespace)
+    let resolved = resolve(&ctx.client, conn, &ctx.settings)
         .await
         .map_err(at(SERVER_REACHABLE))?;
     r.server = Some(resolved.label.clone());
@@ -113,7 +113,8 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
 
     let (app, desired) = match &resolved.admin {
         Some((user, admin_password)) => {
-            let mut admin = login(&resolved, user, admin_password)
+            let mut admin = resolved
+                .login(user, admin_password)
                 .await
                 .map_err(at(SERVER_REACHABLE))?;
             r.version = server_version(&admin.client).await;
@@ -142,7 +143,7 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
                     .await
                     .map_err(|e| at(ROLE_READY)(Error::sql("creating the role", e)))?;
             }
-            let app = match login(&resolved, &role_name, &password).await {
+            let app = match resolved.login(&role_name, &password).await {
                 Err(ConnectError::PasswordRejected(_)) => {
                     let sql = role::password_sql(&role_ident, &role::verifier(&password));
                     admin
@@ -150,7 +151,8 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
                         .batch_execute(&sql)
                         .await
                         .map_err(|e| at(ROLE_READY)(Error::sql("setting the password", e)))?;
-                    login(&resolved, &role_name, &password)
+                    resolved
+                        .login(&role_name, &password)
                         .await
                         .map_err(at(ROLE_READY))?
                 }
@@ -162,9 +164,18 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
                 format!("role {role_ident} logs in"),
             ));
 
-            let desired = converge(&mut admin.client, spec, &role_name, &role_ident)
+            let (desired, changes) = converge(&mut admin.client, spec, &role_name, &role_ident)
                 .await
                 .map_err(at(GRANTS_APPLIED))?;
+            if changes > 0 && already_converged(conn) {
+                // Nothing in the spec changed since the last successful reconcile: someone
+                // changed the role's privileges by hand, and they were put back.
+                ctx.metrics.drift_repairs.inc();
+                let note = format!(
+                    "privileges of role {role_ident} were changed outside dbconn; {changes} GRANT/REVOKE statements restored them"
+                );
+                publish(conn, ctx, EventType::Warning, "DriftRepaired", note).await;
+            }
             r.done.push(Cond::ok(
                 GRANTS_APPLIED,
                 "Converged",
@@ -178,7 +189,8 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
             if spec.role.password_secret_ref.is_none() && resolved.client_cert.is_none() {
                 return Err(at(ROLE_READY)(Error::NoCredentials));
             }
-            let app = login(&resolved, &role_name, &password)
+            let app = resolved
+                .login(&role_name, &password)
                 .await
                 .map_err(at(SERVER_REACHABLE))?;
             r.version = server_version(&app.client).await;
@@ -296,15 +308,6 @@ fn connected_message(resolved: &Resolved, s: &Session, version: Option<&str>) ->
     )
 }
 
-async fn login(resolved: &Resolved, user: &str, password: &str) -> Result<Session, ConnectError> {
-    let ep = Endpoint {
-        user: user.to_owned(),
-        password: Some(password.to_owned()).filter(|p| !p.is_empty()),
-        ..resolved.base.clone()
-    };
-    connect(&ep).await
-}
-
 async fn server_version(client: &Client) -> Option<String> {
     client
         .query_one("SHOW server_version", &[])
@@ -313,28 +316,42 @@ async fn server_version(client: &Client) -> Option<String> {
         .map(|r| r.get::<_, String>(0))
 }
 
-/// Reads the catalog and the role's ACLs, and applies the difference in one transaction
-/// under an advisory lock keyed by the role, so two operators never interleave. Sends no
-/// statement at all when nothing differs.
+/// Reads the catalog and makes the role's privileges exactly what the spec asks for.
+/// Returns the desired set and how many GRANT/REVOKE statements that took.
 async fn converge(
     admin: &mut Client,
     spec: &crate::api::DatabaseConnectionSpec,
     role_name: &str,
-    role_ident: &crate::postgres::quote::Ident,
-) -> Result<Desired, Error> {
+    role_ident: &Ident,
+) -> Result<(Desired, usize), Error> {
     let catalog = privileges::catalog(admin)
         .await
         .map_err(|e| Error::sql("reading the catalog", e))?;
     let desired = privileges::desired(spec, &catalog)?;
-    let current = privileges::current(admin, role_name, &catalog)
+    let changes =
+        set_privileges(admin, &catalog, role_name, role_ident, &desired.privileges).await?;
+    Ok((desired, changes))
+}
+
+/// Reads the role's ACLs and applies the difference to `desired` in one transaction under an
+/// advisory lock keyed by the role, so two operators never interleave. Sends no statement at
+/// all when nothing differs. Returns the number of GRANT/REVOKE statements run.
+pub(super) async fn set_privileges(
+    admin: &mut Client,
+    catalog: &privileges::Catalog,
+    role_name: &str,
+    role_ident: &Ident,
+    desired: &BTreeSet<privileges::Priv>,
+) -> Result<usize, Error> {
+    let read = |e: privileges::CurrentError| Error::Sql {
+        step: "reading privileges",
+        message: e.to_string(),
+    };
+    let current = privileges::current(admin, role_name, catalog)
         .await
-        .map_err(|e| Error::Sql {
-            step: "reading privileges",
-            message: e.to_string(),
-        })?;
-    let plan = privileges::plan(&desired.privileges, &current);
-    if plan.is_empty() {
-        return Ok(desired);
+        .map_err(read)?;
+    if privileges::plan(desired, &current).is_empty() {
+        return Ok(0);
     }
     let tx = admin
         .transaction()
@@ -345,26 +362,29 @@ async fn converge(
         .await
         .map_err(|e| Error::sql("taking the role lock", e))?;
     // Re-read under the lock: another replica may have converged already.
-    let current = privileges::current(&tx, role_name, &catalog)
+    let current = privileges::current(&tx, role_name, catalog)
         .await
-        .map_err(|e| Error::Sql {
-            step: "reading privileges",
-            message: e.to_string(),
-        })?;
-    for change in privileges::plan(&desired.privileges, &current) {
-        tx.batch_execute(&privileges::sql(&change, role_ident))
+        .map_err(read)?;
+    let plan = privileges::plan(desired, &current);
+    for change in &plan {
+        tx.batch_execute(&privileges::sql(change, role_ident))
             .await
             .map_err(|e| Error::sql("applying grants", e))?;
     }
     tx.commit()
         .await
         .map_err(|e| Error::sql("committing grants", e))?;
-    Ok(desired)
+    tracing::info!(
+        role = role_name,
+        statements = plan.len(),
+        "privileges converged"
+    );
+    Ok(plan.len())
 }
 
 /// The connection's Secret if it exists and belongs to this connection; an error if a Secret
 /// of that name belongs to someone else (dbconn never overwrites it).
-async fn owned_secret(
+pub(super) async fn owned_secret(
     conn: &DatabaseConnection,
     ctx: &Context,
     ns: &str,
@@ -443,6 +463,14 @@ async fn publish_status(
         secret_name: r.secret_name,
         privileges: r.privileges,
     };
+    patch_status(conn, ctx, &status).await
+}
+
+async fn patch_status(
+    conn: &DatabaseConnection,
+    ctx: &Context,
+    status: &DatabaseConnectionStatus,
+) -> Result<(), Error> {
     let patch = serde_json::json!({
         "apiVersion": "dbconn.io/v1alpha1",
         "kind": "DatabaseConnection",
@@ -461,8 +489,61 @@ async fn publish_status(
     Ok(())
 }
 
+/// Deletion cannot finish yet: Ready becomes False with `reason` and the message (other
+/// conditions stay), with an Event when that is news.
+pub(super) async fn report_deletion(
+    conn: &DatabaseConnection,
+    ctx: &Context,
+    reason: &str,
+    message: String,
+) -> Result<(), Error> {
+    let ready = Cond::failed(READY, reason, message);
+    let mut status = conn.status.clone().unwrap_or_default();
+    let merged = status::merge(
+        &status.conditions,
+        std::slice::from_ref(&ready),
+        conn.metadata.generation,
+        Timestamp::now(),
+    );
+    status.conditions.retain(|c| c.type_ != READY);
+    status.conditions.extend(merged);
+    patch_status(conn, ctx, &status).await?;
+    announce(conn, ctx, &ready).await;
+    Ok(())
+}
+
+/// Whether the last reconcile of this very generation had applied the grants.
+fn already_converged(conn: &DatabaseConnection) -> bool {
+    conn.status.as_ref().is_some_and(|s| {
+        s.observed_generation == conn.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == GRANTS_APPLIED && c.status == "True")
+    })
+}
+
+/// Publishes an Event about the connection; a failure to publish is logged, not fatal.
+pub(super) async fn publish(
+    conn: &DatabaseConnection,
+    ctx: &Context,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &conn.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing an event failed");
+    }
+}
+
 /// An Event when Ready changes (status or reason), not on every reconcile.
-async fn announce(conn: &DatabaseConnection, ctx: &Context, ready: &Cond) {
+pub(super) async fn announce(conn: &DatabaseConnection, ctx: &Context, ready: &Cond) {
     let before = conn
         .status
         .as_ref()
@@ -471,18 +552,10 @@ async fn announce(conn: &DatabaseConnection, ctx: &Context, ready: &Cond) {
     if before.is_some_and(|b| b.status == status && b.reason == ready.reason) {
         return;
     }
-    let event = Event {
-        type_: if ready.ok == Some(true) {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        },
-        reason: ready.reason.clone(),
-        note: Some(ready.message.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
+    let type_ = if ready.ok == Some(true) {
+        EventType::Normal
+    } else {
+        EventType::Warning
     };
-    if let Err(e) = ctx.recorder.publish(&event, &conn.object_ref(&())).await {
-        tracing::warn!(error = %e, "publishing an event failed");
-    }
+    publish(conn, ctx, type_, &ready.reason, ready.message.clone()).await;
 }

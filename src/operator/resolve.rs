@@ -8,9 +8,9 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{Api, Client, ResourceExt};
 
-use super::Error;
+use super::{Error, Settings};
 use crate::api::{CredentialsSecretRef, DatabaseConnection, DatabaseServer, SecretKeyRef, TlsSpec};
-use crate::postgres::{Endpoint, TlsMaterial, url};
+use crate::postgres::{ConnectError, Endpoint, Session, TlsMaterial, connect, url};
 
 /// The server a connection uses, ready to connect to (user and password still to set).
 #[derive(Clone, Debug)]
@@ -26,6 +26,30 @@ pub struct Resolved {
     /// Client certificate and key PEM for the application, from the connection's own
     /// namespace (a DatabaseServer's client certificate is the admin's and never copied).
     pub client_cert: Option<(String, String)>,
+}
+
+impl Resolved {
+    /// Logs in to the connection's database as `user` (an empty password sends none: a
+    /// certificate-only login).
+    pub async fn login(&self, user: &str, password: &str) -> Result<Session, ConnectError> {
+        self.login_to(&self.base.database, user, password).await
+    }
+
+    /// Logs in to another database on the same server.
+    pub async fn login_to(
+        &self,
+        database: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<Session, ConnectError> {
+        let ep = Endpoint {
+            database: database.to_owned(),
+            user: user.to_owned(),
+            password: Some(password.to_owned()).filter(|p| !p.is_empty()),
+            ..self.base.clone()
+        };
+        connect(&ep).await
+    }
 }
 
 /// Reads one key of a Secret as text.
@@ -109,8 +133,9 @@ async fn tls_material(
 pub async fn resolve(
     client: &Client,
     conn: &DatabaseConnection,
-    operator_namespace: &str,
+    settings: &Settings,
 ) -> Result<Resolved, Error> {
+    let operator_namespace = settings.namespace.as_str();
     let ns = conn.namespace().unwrap_or_default();
     let spec = &conn.spec;
     let (host, port, tls, tls_ns, admin) = if let Some(name) = &spec.server_ref {
@@ -179,7 +204,8 @@ pub async fn resolve(
     let port = u16::try_from(port).unwrap_or(5432);
     let mut base = Endpoint::new(host.clone(), port, spec.database.clone(), String::new());
     base.sslmode = tls.sslmode;
-    base.application_name = "dbconn-operator".into();
+    // Which replica did what shows in pg_stat_activity and the server log.
+    base.application_name = format!("dbconn-operator {}", settings.identity);
     let text = |p: &Option<Vec<u8>>| p.as_ref().map(|p| String::from_utf8_lossy(p).into_owned());
     let ca_pem = text(&material.ca_pem);
     let client_cert = match (

@@ -55,6 +55,35 @@ pub fn password_sql(role: &Ident, verifier: &str) -> String {
     format!("ALTER ROLE {role} PASSWORD {}", literal(verifier))
 }
 
+/// The steps that drop a role, as SQL (pure): stop new logins and end its sessions on the
+/// admin connection, then in each database where it owns or holds anything hand its objects
+/// to the admin and drop its privileges, then drop it.
+pub struct DropPlan {
+    /// Run once, on the admin connection; `$1` is the role name.
+    pub stop_logins: String,
+    pub terminate_sessions: &'static str,
+    /// Databases (by name) where the role owns objects or holds privileges; `$1` is the role name.
+    pub databases_with_objects: &'static str,
+    /// Run in each of those databases, and in the connection's own.
+    pub disown: String,
+    pub drop: String,
+}
+
+pub fn drop_plan(role: &Ident) -> DropPlan {
+    DropPlan {
+        stop_logins: format!("ALTER ROLE {role} NOLOGIN"),
+        terminate_sessions: "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                             WHERE usename = $1 AND pid <> pg_backend_pid()",
+        databases_with_objects: "SELECT DISTINCT d.datname::text FROM pg_shdepend s \
+                                 JOIN pg_database d ON d.oid = s.dbid \
+                                 WHERE s.refclassid = 'pg_authid'::regclass \
+                                 AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1) \
+                                 AND d.datallowconn",
+        disown: format!("REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}"),
+        drop: format!("DROP ROLE IF EXISTS {role}"),
+    }
+}
+
 /// SCRAM-SHA-256 verifier of `password` with a random salt, as PostgreSQL stores it.
 pub fn verifier(password: &str) -> String {
     postgres_protocol::password::scram_sha_256(password.as_bytes())
@@ -74,6 +103,19 @@ mod tests {
         let sql = ensure_sql(&role, 20, None, &v).expect("create");
         assert!(sql.starts_with("CREATE ROLE \"Shop \"\"Orders\"\"\" LOGIN CONNECTION LIMIT 20 PASSWORD 'SCRAM-SHA-256$"), "{sql}");
         assert!(!sql.contains("s3cret"));
+    }
+
+    #[test]
+    fn dropping_a_role_quotes_it_everywhere() {
+        let role = ident("we\"ird role").unwrap();
+        let plan = drop_plan(&role);
+        assert_eq!(plan.stop_logins, "ALTER ROLE \"we\"\"ird role\" NOLOGIN");
+        assert_eq!(
+            plan.disown,
+            "REASSIGN OWNED BY \"we\"\"ird role\" TO CURRENT_USER; DROP OWNED BY \"we\"\"ird role\""
+        );
+        assert_eq!(plan.drop, "DROP ROLE IF EXISTS \"we\"\"ird role\"");
+        assert!(plan.terminate_sessions.contains("usename = $1"));
     }
 
     #[test]

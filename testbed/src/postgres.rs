@@ -183,7 +183,7 @@ pub fn start(dir: &Path, ca: &Ca) -> anyhow::Result<PostgresInfo> {
         "\n# dbconn test bed\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{sock}'\n\
          ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'\n\
          password_encryption = 'scram-sha-256'\nlog_statement = 'all'\nlog_connections = on\n\
-         log_line_prefix = '%m [%p] %q%u@%d '\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+         log_line_prefix = '%m [%p] %q%u@%d [%a] '\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
          max_connections = 400\nshared_buffers = 64MB\n",
         sock = socket_dir.display()
     );

@@ -90,30 +90,129 @@ pub fn namespace(prefix: &str) -> String {
     ns
 }
 
-/// Starts `dbconn operator` against the bed once for this test binary, logging to a file.
-/// A watchdog stops it when the test binary exits, even after a panic.
-pub fn operator_log() -> &'static Path {
-    static LOG: OnceLock<PathBuf> = OnceLock::new();
-    LOG.get_or_init(|| {
+/// A `dbconn operator` process started by a test, watched by a watchdog that stops it when
+/// the test binary exits, even after a panic.
+pub struct Operator {
+    pub log: PathBuf,
+    pid_file: PathBuf,
+    /// Port of /healthz, /readyz and /metrics on 127.0.0.1.
+    pub http_port: u16,
+}
+
+impl Operator {
+    /// Starts an operator with test-friendly timings plus `extra` flags.
+    pub fn start(name: &str, extra: &[&str]) -> Operator {
         install_crds();
         kubectl(&["create", "namespace", "dbconn-system"]);
-        let log = std::env::temp_dir().join(format!("dbconn-operator-{}.log", std::process::id()));
-        let script = "\"$0\" operator --revalidate-seconds 20 >\"$1\" 2>&1 & op=$!; \
-                      while kill -0 \"$2\" 2>/dev/null && kill -0 $op 2>/dev/null; do sleep 1; done; kill $op 2>/dev/null";
+        let tag = unique(name);
+        let log = std::env::temp_dir().join(format!("dbconn-operator-{tag}.log"));
+        let pid_file = std::env::temp_dir().join(format!("dbconn-operator-{tag}.pid"));
+        let http_port = testbed::free_port().expect("port");
+        let http = format!("127.0.0.1:{http_port}");
+        let lease = format!("dbconn-test-{tag}");
+        let mut args: Vec<&str> = vec![
+            "--revalidate-seconds",
+            "20",
+            "--max-backoff-seconds",
+            "16",
+            "--lease-seconds",
+            "5",
+            "--lease-name",
+            &lease,
+            "--http-addr",
+            &http,
+        ];
+        // Later flags win: a test may override the defaults above.
+        args.extend_from_slice(extra);
+        let script = "log=$1; pidfile=$2; owner=$3; shift 3; \
+                      \"$0\" operator \"$@\" >\"$log\" 2>&1 & op=$!; echo $op >\"$pidfile\"; \
+                      while kill -0 \"$owner\" 2>/dev/null && kill -0 $op 2>/dev/null; do sleep 1; done; kill $op 2>/dev/null";
         let mut watchdog = Command::new("setsid")
             .args(["sh", "-c", script, env!("CARGO_BIN_EXE_dbconn")])
             .arg(&log)
+            .arg(&pid_file)
             .arg(std::process::id().to_string())
+            .args(&args)
             .env("KUBECONFIG", &bed().kube.kubeconfig)
             .env("POD_NAMESPACE", "dbconn-system")
+            .env("POD_NAME", &tag)
             .env("RUST_LOG", "info,dbconn=debug")
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("starting dbconn operator");
         // Reaped in the background; it ends with the operator or with this process.
         std::thread::spawn(move || watchdog.wait());
-        log
-    })
+        Operator {
+            log,
+            pid_file,
+            http_port,
+        }
+    }
+
+    /// The operator's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its process id, once started.
+    pub fn pid(&self) -> u32 {
+        for _ in 0..100 {
+            if let Some(pid) = std::fs::read_to_string(&self.pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return pid;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the operator did not start");
+    }
+
+    /// Kills it at once (SIGKILL): no chance to release its Lease.
+    pub fn kill(&self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.pid().to_string()])
+            .status();
+    }
+
+    /// GET a path of its operations endpoint: (status code, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.http_port, path)
+    }
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1: (status code, body); (0, error) when unreachable.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(e) => return (0, e.to_string()),
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The operator shared by this test binary's tests.
+pub fn operator() -> &'static Operator {
+    static OPERATOR: OnceLock<Operator> = OnceLock::new();
+    OPERATOR.get_or_init(|| Operator::start("shared", &[]))
+}
+
+/// Starts the shared operator (once) and returns its log file.
+pub fn operator_log() -> &'static Path {
+    &operator().log
 }
 
 /// Polls a jsonpath of an object until it equals `want` (at most `secs` seconds).
