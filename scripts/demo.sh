@@ -34,7 +34,7 @@ if [ -f "$BED_DIR/operator.pid" ] && kill -0 "$(cat "$BED_DIR/operator.pid")" 2>
   echo "already running (pid $(cat "$BED_DIR/operator.pid"))"
 else
   kubectl create namespace dbconn-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  POD_NAMESPACE=dbconn-system nohup target/debug/dbconn operator >"$BED_DIR/operator.log" 2>&1 &
+  POD_NAMESPACE=dbconn-system nohup target/debug/dbconn operator --http-addr 127.0.0.1:0 >"$BED_DIR/operator.log" 2>&1 &
   echo $! >"$BED_DIR/operator.pid"
 fi
 
@@ -50,4 +50,7 @@ step "psql with the Secret's uri, as the application role"
 uri=$(kubectl -n shop get secret orders-db -o jsonpath='{.data.uri}' | base64 -d)
 # The uri's sslrootcert is the path the chart mounts in a pod; here the bed's CA stands in.
 psql "${uri%%&sslrootcert=*}&sslrootcert=$PGSSLROOTCERT" -c 'SELECT current_user, ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()'
+step "dbconn check: log in as the role and list what it can do"
+target/debug/dbconn check --connection orders -n shop
+
 step "done: the bed and the operator keep running; 'make bed-down' stops them"

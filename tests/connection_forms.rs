@@ -6,59 +6,13 @@
 mod support;
 
 use support::{
-    READY, apply_yaml, bed, condition, get, kubectl_ok, namespace, operator_log, psql_as_secret,
-    psql_env, psql_uri, secret, secret_value, unique, wait_for, wait_reason,
+    READY, admin_and_ca, apply_yaml, bed, condition, connection, database, get, kubectl_ok,
+    namespace, operator_log, poke, psql_as_secret, psql_env, psql_uri, secret, secret_value,
+    unique, wait_for, wait_reason,
 };
 
 use dbconn::operator::secret::CA_MOUNT_PATH;
 use dbconn::postgres::url::encode;
-
-/// Admin credentials (username/password keys) and the bed's CA, as Secrets in `ns`.
-fn admin_and_ca(ns: &str) {
-    let pg = &bed().postgres;
-    secret(
-        ns,
-        "admin",
-        &[
-            ("username", "postgres"),
-            ("password", &pg.superuser_password),
-        ],
-    );
-    let ca = std::fs::read_to_string(&bed().ca_cert).expect("CA");
-    secret(ns, "db-ca", &[("ca.crt", &ca)]);
-}
-
-/// A DatabaseConnection with the given `server:` block (indented by four spaces).
-fn connection(ns: &str, name: &str, server: &str, rest: &str) -> String {
-    format!(
-        "apiVersion: dbconn.io/v1alpha1\nkind: DatabaseConnection\nmetadata: {{name: {name}, namespace: {ns}}}\n\
-         spec:\n  server:\n{server}\n{rest}"
-    )
-}
-
-/// A fresh database; its name is safe to use unquoted.
-fn database(prefix: &str) -> String {
-    let db = unique(prefix).replace('-', "_");
-    bed()
-        .postgres
-        .psql("postgres", &format!("CREATE DATABASE {db}"))
-        .expect("create database");
-    db
-}
-
-/// Changes an annotation so the operator reconciles now instead of at its next re-check.
-fn poke(ns: &str, name: &str) {
-    let value = format!("poke={}", unique("p"));
-    kubectl_ok(&[
-        "-n",
-        ns,
-        "annotate",
-        "--overwrite",
-        "dbconn",
-        name,
-        &format!("test.dbconn.io/{value}"),
-    ]);
-}
 
 #[test]
 fn every_sslmode_behaves_as_libpq_defines_it() {

@@ -60,6 +60,26 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     backoff: Backoff,
+    /// The generation each connection last converged at, in this process: a later
+    /// reconcile of the same generation that still has to change privileges found drift.
+    converged: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+}
+
+impl Context {
+    /// Records that `obj` converged at its current generation; true when it had already
+    /// converged at that generation before.
+    fn converged_again<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {
+        let generation = obj.meta().generation.unwrap_or_default();
+        let mut map = self.converged.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(key(obj), generation) == Some(generation)
+    }
+
+    fn forget<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        self.converged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(obj));
+    }
 }
 
 fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
@@ -76,7 +96,7 @@ fn error_policy<K: Resource<DynamicType = ()>>(
         object = %key(&*obj),
         reason = error.reason(),
         %error,
-        retry_in_seconds = wait.as_secs(),
+        retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         "reconcile failed"
     );
     Action::requeue(wait)
@@ -110,7 +130,10 @@ async fn reconcile_connection(
     let work = finalizer(&api, cleanup::FINALIZER, conn.clone(), |event| async {
         match event {
             finalizer::Event::Apply(c) => reconcile::reconcile(c, ctx.clone()).await,
-            finalizer::Event::Cleanup(c) => cleanup::cleanup(c, ctx.clone()).await,
+            finalizer::Event::Cleanup(c) => {
+                ctx.forget(&*c);
+                cleanup::cleanup(c, ctx.clone()).await
+            }
         }
     });
     measured("DatabaseConnection", &*conn, &ctx, async {
@@ -141,13 +164,16 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         client: client.clone(),
         backoff: Backoff::new(Duration::from_secs(1), settings.max_backoff),
         metrics: Metrics::default(),
+        converged: Default::default(),
         settings,
     });
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(ctx.settings.http)
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", ctx.settings.http))?;
-    tracing::info!(addr = %ctx.settings.http, "serving /healthz, /readyz and /metrics");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    }
     let http = tokio::spawn(serve(listener, routes(ctx.clone(), ready.clone())));
 
     let shutdown = shutdown_signal();

@@ -167,7 +167,7 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
             let (desired, changes) = converge(&mut admin.client, spec, &role_name, &role_ident)
                 .await
                 .map_err(at(GRANTS_APPLIED))?;
-            if changes > 0 && already_converged(conn) {
+            if ctx.converged_again(conn) && changes > 0 {
                 // Nothing in the spec changed since the last successful reconcile: someone
                 // changed the role's privileges by hand, and they were put back.
                 ctx.metrics.drift_repairs.inc();
@@ -510,16 +510,6 @@ pub(super) async fn report_deletion(
     patch_status(conn, ctx, &status).await?;
     announce(conn, ctx, &ready).await;
     Ok(())
-}
-
-/// Whether the last reconcile of this very generation had applied the grants.
-fn already_converged(conn: &DatabaseConnection) -> bool {
-    conn.status.as_ref().is_some_and(|s| {
-        s.observed_generation == conn.metadata.generation
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == GRANTS_APPLIED && c.status == "True")
-    })
 }
 
 /// Publishes an Event about the connection; a failure to publish is logged, not fatal.

@@ -93,6 +93,8 @@ pub fn namespace(prefix: &str) -> String {
 /// A `dbconn operator` process started by a test, watched by a watchdog that stops it when
 /// the test binary exits, even after a panic.
 pub struct Operator {
+    /// Its name in the Lease and in the server's application_name.
+    pub identity: String,
     pub log: PathBuf,
     pid_file: PathBuf,
     /// Port of /healthz, /readyz and /metrics on 127.0.0.1.
@@ -143,6 +145,7 @@ impl Operator {
         // Reaped in the background; it ends with the operator or with this process.
         std::thread::spawn(move || watchdog.wait());
         Operator {
+            identity: tag,
             log,
             pid_file,
             http_port,
@@ -395,4 +398,135 @@ pub fn psql_as_secret(ns: &str, secret: &str, sql: &str) -> Result<String, Strin
     .collect();
     env.push(("PGSSLROOTCERT", bed().ca_cert.display().to_string()));
     psql_env(sql, &env)
+}
+
+/// Admin credentials (username/password keys) and the bed's CA, as Secrets in `ns`.
+pub fn admin_and_ca(ns: &str) {
+    let pg = &bed().postgres;
+    secret(
+        ns,
+        "admin",
+        &[
+            ("username", "postgres"),
+            ("password", &pg.superuser_password),
+        ],
+    );
+    let ca = std::fs::read_to_string(&bed().ca_cert).expect("CA");
+    secret(ns, "db-ca", &[("ca.crt", &ca)]);
+}
+
+/// A DatabaseConnection with the given `server:` block (indented by four spaces).
+pub fn connection(ns: &str, name: &str, server: &str, rest: &str) -> String {
+    format!(
+        "apiVersion: dbconn.io/v1alpha1\nkind: DatabaseConnection\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec:\n  server:\n{server}\n{rest}"
+    )
+}
+
+/// A fresh database; its name is safe to use unquoted.
+pub fn database(prefix: &str) -> String {
+    let db = unique(prefix).replace('-', "_");
+    bed()
+        .postgres
+        .psql("postgres", &format!("CREATE DATABASE {db}"))
+        .expect("create database");
+    db
+}
+
+/// Changes an annotation so the operator reconciles now instead of at its next re-check.
+pub fn poke(ns: &str, name: &str) {
+    let value = format!("poke={}", unique("p"));
+    kubectl_ok(&[
+        "-n",
+        ns,
+        "annotate",
+        "--overwrite",
+        "dbconn",
+        name,
+        &format!("test.dbconn.io/{value}"),
+    ]);
+}
+
+/// A TCP relay on 127.0.0.1 in front of the bed's PostgreSQL that a test can switch off
+/// (new connections are closed at once and open ones cut) and on again: a server outage
+/// without stopping the server other tests use.
+pub struct Relay {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    pub fn start(target: u16) -> Relay {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (flag, conns) = (up.clone(), open.clone());
+        // The thread ends with the test binary; it only ever serves loopback.
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut list = conns.lock().expect("relay list");
+                for s in [&client, &server] {
+                    if let Ok(c) = s.try_clone() {
+                        list.push(c);
+                    }
+                }
+                pipe(&client, &server);
+                pipe(&server, &client);
+            }
+        });
+        Relay { port, up, open }
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    pub fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for s in self.open.lock().expect("relay list").drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+fn pipe(from: &std::net::TcpStream, to: &std::net::TcpStream) {
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+/// Waits until an object is gone (at most `secs` seconds).
+pub fn wait_deleted(kind: &str, ns: &str, name: &str, secs: u64) {
+    let out = kubectl(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=delete",
+        &format!("{kind}/{name}"),
+        &format!("--timeout={secs}s"),
+    ]);
+    if !out.status.success() {
+        let dump = kubectl(&["-n", ns, "get", kind, name, "-o", "yaml"]);
+        panic!(
+            "{kind} {ns}/{name} still exists after {secs}s: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&dump.stdout)
+        );
+    }
 }
