@@ -1,0 +1,289 @@
+//! `make bench-operator`: 1,000 DatabaseConnections against one PostgreSQL on a fresh test
+//! bed. Prints how long the operator (release build) takes to make them all Ready, its
+//! reconcile rate and peak memory, and how long they take to settle after the server
+//! restarts, next to the goals. Not a test: nothing here asserts a timing.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+use dbconn::api::DatabaseConnection;
+
+const COUNT: usize = 1000;
+const NS: &str = "bench";
+/// Re-validation period for the restart phase, so every connection notices the outage.
+const REVALIDATE: u64 = 30;
+
+fn main() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("dbconn-bench-operator-{}", std::process::id()));
+    eprintln!("starting a fresh test bed in {}", dir.display());
+    let bed = testbed::Bed::start(&dir, Some(std::process::id()))?;
+    let result = tokio::runtime::Runtime::new()?.block_on(run(&bed));
+    bed.stop()?;
+    result
+}
+
+async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(Client::try_from(config)?)
+}
+
+fn kubectl(bed: &testbed::Bed, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", bed.kube.kubeconfig.display()))
+        .args(args)
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "kubectl {args:?} failed");
+    Ok(())
+}
+
+async fn run(bed: &testbed::Bed) -> anyhow::Result<()> {
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    kubectl(bed, &["apply", "--server-side", "-f", &crds.display().to_string()])?;
+    kubectl(
+        bed,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/databaseconnections.dbconn.io",
+        ],
+    )?;
+    let client = client(&bed.kube.kubeconfig).await?;
+    for ns in [NS, "dbconn-system"] {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+    }
+    let secrets = Api::<Secret>::namespaced(client.clone(), NS);
+    let ca = std::fs::read_to_string(&bed.ca_cert)?;
+    for (name, data) in [
+        (
+            "admin",
+            serde_json::json!({"username": "postgres", "password": bed.postgres.superuser_password}),
+        ),
+        ("db-ca", serde_json::json!({"ca.crt": ca})),
+    ] {
+        let s: Secret = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name}, "stringData": data}),
+        )?;
+        secrets.create(&PostParams::default(), &s).await?;
+    }
+
+    let conns = Api::<DatabaseConnection>::namespaced(client.clone(), NS);
+    let started = Instant::now();
+    stream::iter(0..COUNT)
+        .map(|i| {
+            let conns = conns.clone();
+            let port = bed.postgres.port;
+            async move {
+                let c: DatabaseConnection = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "dbconn.io/v1alpha1", "kind": "DatabaseConnection",
+                    "metadata": {"name": format!("app-{i:04}")},
+                    "spec": {
+                        "server": {"host": "localhost", "port": port,
+                                   "adminSecretRef": {"name": "admin"},
+                                   "tls": {"sslmode": "verify-full", "caSecretRef": {"name": "db-ca"}}},
+                        "database": "postgres",
+                        "role": {"name": format!("bench_app_{i:04}")},
+                        "access": "readOnly",
+                    }
+                }))?;
+                conns.create(&PostParams::default(), &c).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    eprintln!(
+        "created {COUNT} DatabaseConnections in {:.1}s; starting the operator",
+        started.elapsed().as_secs_f64()
+    );
+
+    let http_port = testbed::free_port()?;
+    let log = bed.dir.join("bench-operator.log");
+    let mut operator = start_operator(bed, http_port, &log)?;
+    let outcome = measure(&conns, &mut operator, bed, http_port).await;
+    let _ = operator.kill();
+    let _ = operator.wait();
+    let m = outcome?;
+    print_table(&m);
+    Ok(())
+}
+
+fn start_operator(bed: &testbed::Bed, http_port: u16, log: &Path) -> anyhow::Result<Child> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_dbconn"))
+        .args([
+            "operator",
+            "--revalidate-seconds",
+            &REVALIDATE.to_string(),
+            "--max-backoff-seconds",
+            "30",
+            "--no-leader-election",
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
+        ])
+        .env("KUBECONFIG", &bed.kube.kubeconfig)
+        .env("POD_NAMESPACE", "dbconn-system")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?)
+}
+
+struct Measured {
+    all_ready: Duration,
+    reconciles: f64,
+    peak_rss_mib: f64,
+    outage: Duration,
+    settle: Duration,
+}
+
+fn ready_count(list: &[DatabaseConnection]) -> usize {
+    list.iter()
+        .filter(|c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|x| x.type_ == "Ready" && x.status == "True")
+            })
+        })
+        .count()
+}
+
+/// Polls until `done(ready)` holds, at most `limit`; returns the time it took.
+async fn until(
+    conns: &Api<DatabaseConnection>,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(usize) -> bool,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut last = usize::MAX;
+    loop {
+        let ready = ready_count(&conns.list(&ListParams::default()).await?.items);
+        if done(ready) {
+            return Ok(started.elapsed());
+        }
+        if ready / 100 != last / 100 {
+            eprintln!(
+                "  {:>5.1}s  {ready} Ready ({what})",
+                started.elapsed().as_secs_f64()
+            );
+            last = ready;
+        }
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "{what}: only {ready} of {COUNT} Ready after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn measure(
+    conns: &Api<DatabaseConnection>,
+    operator: &mut Child,
+    bed: &testbed::Bed,
+    http_port: u16,
+) -> anyhow::Result<Measured> {
+    let all_ready = until(conns, Duration::from_secs(600), "first reconcile", |n| {
+        n == COUNT
+    })
+    .await?;
+    let reconciles = reconciles_total(http_port)?;
+    let pid = operator.id();
+
+    // Restart the server: stop it until every connection has noticed (one re-validation
+    // period), then start it and time how long until all are Ready again.
+    bed.postgres.stop()?;
+    let down = Instant::now();
+    until(conns, Duration::from_secs(300), "server down", |n| n == 0).await?;
+    bed.postgres.start()?;
+    let outage = down.elapsed();
+    let settle = until(conns, Duration::from_secs(600), "after restart", |n| {
+        n == COUNT
+    })
+    .await?;
+    Ok(Measured {
+        all_ready,
+        reconciles: reconciles / all_ready.as_secs_f64(),
+        peak_rss_mib: peak_rss_kib(pid)? / 1024.0,
+        outage,
+        settle,
+    })
+}
+
+fn reconciles_total(port: u16) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("dbconn_reconciles_total{kind=\"DatabaseConnection\"}"))
+        .ok_or_else(|| anyhow::anyhow!("no reconcile counter in /metrics"))?;
+    Ok(line.rsplit(' ').next().unwrap_or("0").parse()?)
+}
+
+/// VmHWM: the process's peak resident set.
+fn peak_rss_kib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse::<f64>()?)
+}
+
+fn print_table(m: &Measured) {
+    let ready = m.all_ready.as_secs_f64();
+    println!();
+    println!("dbconn operator, {COUNT} DatabaseConnections, one PostgreSQL, this machine");
+    println!("{:<44} {:>10} {:>10} {:>12}", "measure", "value", "goal", "goal/value");
+    println!("{}", "-".repeat(79));
+    println!(
+        "{:<44} {:>9.1}s {:>9}s {:>11.2}x",
+        "time until all Ready (first reconcile)", ready, 30, 30.0 / ready
+    );
+    println!(
+        "{:<44} {:>10.1} {:>10} {:>12}",
+        "reconciles per second (first pass)", m.reconciles, "-", "-"
+    );
+    println!(
+        "{:<44} {:>7.1}MiB {:>7}MiB {:>11.2}x",
+        "operator peak RSS", m.peak_rss_mib, 100, 100.0 / m.peak_rss_mib
+    );
+    println!(
+        "{:<44} {:>9.1}s {:>10} {:>12}",
+        "server outage (until all noticed)",
+        m.outage.as_secs_f64(),
+        "-",
+        "-"
+    );
+    println!(
+        "{:<44} {:>9.1}s {:>10} {:>12}",
+        "all Ready again after the server returned",
+        m.settle.as_secs_f64(),
+        "-",
+        "-"
+    );
+}
