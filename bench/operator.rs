@@ -50,7 +50,10 @@ fn kubectl(bed: &testbed::Bed, args: &[&str]) -> anyhow::Result<()> {
 
 async fn run(bed: &testbed::Bed) -> anyhow::Result<()> {
     let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-    kubectl(bed, &["apply", "--server-side", "-f", &crds.display().to_string()])?;
+    kubectl(
+        bed,
+        &["apply", "--server-side", "-f", &crds.display().to_string()],
+    )?;
     kubectl(
         bed,
         &[
@@ -258,11 +261,17 @@ fn print_table(m: &Measured) {
     let ready = m.all_ready.as_secs_f64();
     println!();
     println!("dbconn operator, {COUNT} DatabaseConnections, one PostgreSQL, this machine");
-    println!("{:<44} {:>10} {:>10} {:>12}", "measure", "value", "goal", "goal/value");
+    println!(
+        "{:<44} {:>10} {:>10} {:>12}",
+        "measure", "value", "goal", "goal/value"
+    );
     println!("{}", "-".repeat(79));
     println!(
         "{:<44} {:>9.1}s {:>9}s {:>11.2}x",
-        "time until all Ready (first reconcile)", ready, 30, 30.0 / ready
+        "time until all Ready (first reconcile)",
+        ready,
+        30,
+        30.0 / ready
     );
     println!(
         "{:<44} {:>10.1} {:>10} {:>12}",
@@ -270,7 +279,10 @@ fn print_table(m: &Measured) {
     );
     println!(
         "{:<44} {:>7.1}MiB {:>7}MiB {:>11.2}x",
-        "operator peak RSS", m.peak_rss_mib, 100, 100.0 / m.peak_rss_mib
+        "operator peak RSS",
+        m.peak_rss_mib,
+        100,
+        100.0 / m.peak_rss_mib
     );
     println!(
         "{:<44} {:>9.1}s {:>10} {:>12}",

@@ -33,6 +33,19 @@ impl Reply {
     pub fn not_found() -> Self {
         Reply::text(404, "not found\n")
     }
+
+    /// A Prometheus registry in the OpenMetrics text format.
+    pub fn metrics(registry: &prometheus_client::registry::Registry) -> Self {
+        let mut body = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut body, registry) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        Reply {
+            status: 200,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body,
+        }
+    }
 }
 
 /// Maps a request path to a reply. Called for GET and HEAD only.

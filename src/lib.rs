@@ -5,5 +5,8 @@ pub mod api;
 pub mod check;
 pub mod http;
 pub mod operator;
+pub mod pgwire;
+pub mod pooler;
 pub mod postgres;
+pub mod shutdown;
 pub mod telemetry;

@@ -80,12 +80,180 @@ enum Command {
         #[arg(long)]
         server_name: Option<String>,
     },
+    /// Run the pooling sidecar: 127.0.0.1:6432 in front of a few warm server connections.
+    Pooler(Box<PoolerArgs>),
     /// Print the CRDs generated from the Rust types (or write one file each into directories).
     Crd {
         /// Write `<crd name>.yaml` files into this directory instead of printing; repeatable.
         #[arg(long = "write", value_name = "DIR")]
         write: Vec<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct PoolerArgs {
+    /// The mounted connection Secret (files host, port, dbname, username, password, sslmode,
+    /// ca.crt, tls.crt, tls.key); watched for changes.
+    #[arg(long, env = "DBCONN_SECRET_DIR")]
+    secret_dir: Option<PathBuf>,
+    /// Server host (overrides the Secret's).
+    #[arg(long, env = "DBCONN_HOST")]
+    host: Option<String>,
+    #[arg(long, env = "DBCONN_PORT")]
+    port: Option<u16>,
+    #[arg(long, env = "DBCONN_DBNAME")]
+    dbname: Option<String>,
+    #[arg(long, env = "DBCONN_USER")]
+    user: Option<String>,
+    /// disable, allow, prefer, require, verify-ca or verify-full (default: the Secret's, else verify-full).
+    #[arg(long, env = "DBCONN_SSLMODE")]
+    sslmode: Option<String>,
+    #[arg(long, env = "DBCONN_SSLROOTCERT")]
+    sslrootcert: Option<PathBuf>,
+    #[arg(long, env = "DBCONN_SSLCERT")]
+    sslcert: Option<PathBuf>,
+    #[arg(long, env = "DBCONN_SSLKEY")]
+    sslkey: Option<PathBuf>,
+    /// Name to verify in the server's certificate instead of the host.
+    #[arg(long, env = "DBCONN_SERVER_NAME")]
+    server_name: Option<String>,
+    /// Where applications connect.
+    #[arg(long, env = "DBCONN_LISTEN", default_value = "127.0.0.1:6432")]
+    listen: std::net::SocketAddr,
+    /// /healthz, /readyz and /metrics.
+    #[arg(long, env = "DBCONN_HTTP_ADDR", default_value = "127.0.0.1:9187")]
+    http_addr: std::net::SocketAddr,
+    /// transaction or session.
+    #[arg(long, env = "DBCONN_POOL_MODE", default_value = "transaction")]
+    mode: String,
+    /// How clients authenticate: scram, md5 or trust.
+    #[arg(long, env = "DBCONN_CLIENT_AUTH", default_value = "scram")]
+    client_auth: String,
+    #[arg(long, env = "DBCONN_POOL_SIZE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pool_size: u32,
+    #[arg(long, env = "DBCONN_MIN_IDLE", default_value_t = 1)]
+    min_idle: u32,
+    #[arg(long, env = "DBCONN_MAX_CLIENTS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    max_clients: u32,
+    #[arg(
+        long,
+        env = "DBCONN_SERVER_IDLE_TIMEOUT_SECONDS",
+        default_value_t = 600
+    )]
+    server_idle_timeout_seconds: u64,
+    #[arg(long, env = "DBCONN_SERVER_LIFETIME_SECONDS", default_value_t = 3600)]
+    server_lifetime_seconds: u64,
+    /// A client waiting longer than this for a server connection gets an error.
+    #[arg(long, env = "DBCONN_QUERY_WAIT_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    query_wait_timeout_seconds: u64,
+    #[arg(long, env = "DBCONN_CONNECT_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    connect_timeout_seconds: u64,
+    /// After SIGTERM, how long busy clients may finish.
+    #[arg(long, env = "DBCONN_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    shutdown_grace_seconds: u64,
+    /// application_name of the server connections (default dbconn:<namespace>/<pod>).
+    #[arg(long, env = "DBCONN_APPLICATION_NAME")]
+    application_name: Option<String>,
+    /// The largest message a client may send.
+    #[arg(long, env = "DBCONN_MAX_MESSAGE_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
+    max_message_bytes: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "DBCONN_LOG_JSON")]
+    log_json: bool,
+}
+
+/// Parses the pooler's flags into settings and the upstream, or names the bad one.
+fn pooler_config(
+    a: PoolerArgs,
+) -> Result<
+    (
+        dbconn::pooler::Settings,
+        dbconn::pooler::Upstream,
+        dbconn::pooler::Overrides,
+    ),
+    dbconn::pooler::ConfigError,
+> {
+    use dbconn::pooler::{ClientAuth, ConfigError, Mode, Overrides, Settings};
+    let bad = |setting: &str, problem: String| ConfigError {
+        setting: setting.into(),
+        problem,
+    };
+    let mode = match a.mode.as_str() {
+        "transaction" => Mode::Transaction,
+        "session" => Mode::Session,
+        other => {
+            return Err(bad(
+                "--mode",
+                format!("{other:?}: use transaction or session"),
+            ));
+        }
+    };
+    let client_auth = match a.client_auth.as_str() {
+        "scram" | "scram-sha-256" => ClientAuth::Scram,
+        "md5" => ClientAuth::Md5,
+        "trust" => ClientAuth::Trust,
+        other => {
+            return Err(bad(
+                "--client-auth",
+                format!("{other:?}: use scram, md5 or trust"),
+            ));
+        }
+    };
+    let sslmode = a
+        .sslmode
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| bad("--sslmode", e))?;
+    let overrides = Overrides {
+        host: a.host,
+        port: a.port,
+        dbname: a.dbname,
+        user: a.user,
+        // Never a flag: it would show in the process list.
+        password: std::env::var("DBCONN_PASSWORD").ok(),
+        sslmode,
+        sslrootcert: a.sslrootcert,
+        sslcert: a.sslcert,
+        sslkey: a.sslkey,
+        server_name: a.server_name,
+    };
+    let files = match &a.secret_dir {
+        Some(dir) => dbconn::pooler::config::read_secret_dir(dir)?,
+        None => Default::default(),
+    };
+    let upstream = dbconn::pooler::config::upstream(&files, &overrides)?;
+    if a.min_idle > a.pool_size {
+        return Err(bad(
+            "--min-idle",
+            format!("{} is more than --pool-size {}", a.min_idle, a.pool_size),
+        ));
+    }
+    let application_name = a.application_name.unwrap_or_else(|| {
+        match (std::env::var("POD_NAMESPACE"), std::env::var("POD_NAME")) {
+            (Ok(ns), Ok(pod)) => format!("dbconn:{ns}/{pod}"),
+            _ => "dbconn-pooler".to_owned(),
+        }
+    });
+    let secs = std::time::Duration::from_secs;
+    let settings = Settings {
+        listen: a.listen,
+        http: a.http_addr,
+        mode,
+        client_auth,
+        pool_size: a.pool_size as usize,
+        min_idle: a.min_idle as usize,
+        max_clients: a.max_clients as usize,
+        server_idle_timeout: secs(a.server_idle_timeout_seconds),
+        server_lifetime: secs(a.server_lifetime_seconds),
+        query_wait_timeout: secs(a.query_wait_timeout_seconds),
+        connect_timeout: secs(a.connect_timeout_seconds),
+        shutdown_grace: secs(a.shutdown_grace_seconds),
+        application_name,
+        max_message_bytes: usize::try_from(a.max_message_bytes).unwrap_or(64 << 20),
+        secret_dir: a.secret_dir,
+    };
+    Ok((settings, upstream, overrides))
 }
 
 fn parse_access(s: &str) -> Result<dbconn::api::Access, String> {
@@ -134,6 +302,24 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Crd { write } => crd(&write),
+        Command::Pooler(args) => {
+            let log_json = args.log_json;
+            let (settings, upstream, overrides) = match pooler_config(*args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("dbconn pooler: {e}");
+                    std::process::exit(64);
+                }
+            };
+            dbconn::telemetry::init(log_json);
+            // One thread: a sidecar gets a fraction of a core, and no cross-thread handoff
+            // is cheaper than any.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(dbconn::pooler::run(settings, upstream, overrides))
+        }
         Command::Operator {
             namespace,
             revalidate_seconds,

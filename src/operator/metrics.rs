@@ -2,7 +2,6 @@
 //! drift repairs, in the OpenMetrics text format.
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -96,13 +95,9 @@ impl Metrics {
         }
     }
 
-    /// The OpenMetrics text of every metric.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = encode(&mut out, &self.registry) {
-            tracing::warn!(error = %e, "encoding metrics");
-        }
-        out
+    /// Every metric, for `/metrics`.
+    pub fn reply(&self) -> crate::http::Reply {
+        crate::http::Reply::metrics(&self.registry)
     }
 }
 
@@ -115,7 +110,7 @@ mod tests {
         let m = Metrics::default();
         m.reconciled("DatabaseConnection", 0.01, None);
         m.reconciled("DatabaseConnection", 0.02, Some("Unreachable"));
-        let text = m.render();
+        let text = m.reply().body;
         assert!(
             text.contains(r#"dbconn_reconciles_total{kind="DatabaseConnection"} 2"#),
             "{text}"

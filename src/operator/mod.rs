@@ -176,7 +176,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     }
     let http = tokio::spawn(serve(listener, routes(ctx.clone(), ready.clone())));
 
-    let shutdown = shutdown_signal();
+    let shutdown = crate::shutdown::signal();
     tokio::pin!(shutdown);
     let result = match ctx.settings.lease.clone() {
         None => {
@@ -210,23 +210,6 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     result
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => futures::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    tracing::info!("shutting down");
-}
-
 fn routes(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Routes {
     Arc::new(move |path: &str| match path {
         "/healthz" => Reply::text(200, "ok\n"),
@@ -235,11 +218,7 @@ fn routes(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Routes {
             Reply::text(200, "ok\n")
         }
         "/readyz" => Reply::text(503, "starting\n"),
-        "/metrics" => Reply {
-            status: 200,
-            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            body: ctx.metrics.render(),
-        },
+        "/metrics" => ctx.metrics.reply(),
         _ => Reply::not_found(),
     })
 }

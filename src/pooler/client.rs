@@ -1,0 +1,598 @@
+//! One client connection: the startup exchange (SSLRequest and GSSENCRequest answered 'N',
+//! authentication against the Secret's password, ParameterStatus and BackendKeyData as
+//! PostgreSQL sends them), then the session loop that binds a server connection at the first
+//! message of a transaction and releases it at ReadyForQuery 'I' (transaction mode) or at the
+//! end (session mode). Messages are forwarded as the bytes they arrived as, whole frames at a
+//! time, one write per batch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::config::{ClientAuth, Mode};
+use super::pool::{Lease, Pool, PoolError};
+use super::server::{ServerConn, ServerError, read_message};
+use crate::pgwire::frame::{self, Startup, body};
+use crate::pgwire::messages::{self, IDLE, auth};
+use crate::pgwire::{WireError, scram};
+use crate::postgres::quote::{Ident, literal};
+
+/// Startup parameters that are not session settings.
+const NOT_SETTINGS: [&str; 4] = ["user", "database", "replication", "options"];
+
+/// Session settings PostgreSQL reports with ParameterStatus; a client's own value replaces
+/// the server's in what the client is told at startup.
+const REPORTED: [&str; 5] = [
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+];
+
+/// Why a client session ended early.
+#[derive(Debug, thiserror::Error)]
+enum ClientError {
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("client I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the client closed the connection")]
+    Gone,
+    /// Sent to the client as a FATAL ErrorResponse.
+    #[error("{message}")]
+    Fatal { code: &'static str, message: String },
+}
+
+fn fatal(code: &'static str, message: impl Into<String>) -> ClientError {
+    ClientError::Fatal {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Serves one client until it leaves, breaks the protocol or the pooler shuts down.
+pub async fn serve(mut socket: TcpStream, pool: Arc<Pool>, shutdown: watch::Receiver<bool>) {
+    let _ = socket.set_nodelay(true);
+    pool.metrics.clients_active.inc();
+    let mut buf = BytesMut::with_capacity(8192);
+    let outcome = match startup(&mut socket, &mut buf, &pool).await {
+        Ok(settings) => {
+            Session::new(socket, buf, pool.clone(), settings, shutdown)
+                .run()
+                .await
+        }
+        Err(e) => Err((socket, e)),
+    };
+    if let Err((mut socket, e)) = outcome {
+        match &e {
+            ClientError::Fatal { code, message } => {
+                let mut out = Vec::new();
+                messages::error_response(&mut out, "FATAL", code, message);
+                let _ = socket.write_all(&out).await;
+                pool.metrics.error("client_rejected");
+                tracing::debug!(%message, "client rejected");
+            }
+            ClientError::Wire(w) => {
+                let mut out = Vec::new();
+                messages::error_response(&mut out, "FATAL", "08P01", &w.to_string());
+                let _ = socket.write_all(&out).await;
+                pool.metrics.error("protocol");
+                tracing::info!(error = %w, "client broke the protocol");
+            }
+            ClientError::Io(_) | ClientError::Gone => {}
+        }
+    }
+    pool.metrics.clients_active.dec();
+}
+
+/// Turns a client away before its startup (too many clients) with a FATAL error.
+pub async fn refuse(mut socket: TcpStream, pool: Arc<Pool>, code: &str, message: &str) {
+    pool.metrics.error("client_refused");
+    let mut buf = BytesMut::with_capacity(512);
+    // Read the startup packet first so the client sees the error, not a reset.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match frame::startup(&buf) {
+                Ok(Some((Startup::Ssl | Startup::GssEnc, n))) => {
+                    buf.advance(n);
+                    socket.write_all(b"N").await?;
+                }
+                Ok(None) => {
+                    if fill(&mut socket, &mut buf).await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    let mut out = Vec::new();
+    messages::error_response(&mut out, "FATAL", code, message);
+    let _ = socket.write_all(&out).await;
+}
+
+async fn fill(socket: &mut TcpStream, buf: &mut BytesMut) -> Result<(), ClientError> {
+    buf.reserve(8192);
+    if socket.read_buf(buf).await? == 0 {
+        return Err(ClientError::Gone);
+    }
+    Ok(())
+}
+
+/// Reads one typed message during authentication.
+async fn read_auth_message(
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<(u8, BytesMut), ClientError> {
+    loop {
+        if let Some((tag, n)) = frame::frame(buf, 64 * 1024)? {
+            return Ok((tag, buf.split_to(n)));
+        }
+        fill(socket, buf).await?;
+    }
+}
+
+/// The startup exchange; returns the client's session settings.
+async fn startup(
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    pool: &Pool,
+) -> Result<BTreeMap<String, String>, ClientError> {
+    let params = loop {
+        match frame::startup(buf)? {
+            None => fill(socket, buf).await?,
+            Some((packet, n)) => {
+                buf.advance(n);
+                match packet {
+                    // TLS for clients is off: loopback never leaves the pod.
+                    Startup::Ssl | Startup::GssEnc => socket.write_all(b"N").await?,
+                    Startup::Cancel { .. } => return Err(ClientError::Gone),
+                    Startup::Params(p) => break p,
+                }
+            }
+        }
+    };
+    let creds = pool.credentials();
+    let want = &creds.upstream;
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let user = get("user").ok_or_else(|| fatal("28000", "no user in the startup message"))?;
+    let database = get("database").unwrap_or(user);
+    if user != want.user {
+        return Err(fatal(
+            "28000",
+            format!("this pooler serves user {:?}, not {user:?}", want.user),
+        ));
+    }
+    if database != want.dbname {
+        return Err(fatal(
+            "3D000",
+            format!(
+                "this pooler serves database {:?}, not {database:?}",
+                want.dbname
+            ),
+        ));
+    }
+    if get("replication").is_some_and(|r| r != "false" && r != "0") {
+        return Err(fatal("08P01", "replication connections are not pooled"));
+    }
+    authenticate(socket, buf, pool, user).await?;
+
+    let settings: BTreeMap<String, String> = params
+        .iter()
+        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_."))
+        .cloned()
+        .collect();
+    let mut out = Vec::with_capacity(512);
+    messages::authentication(&mut out, auth::OK, &[]);
+    let mut shown = pool.server_params();
+    for k in REPORTED {
+        if let Some(v) = settings.get(k) {
+            shown.insert(k.to_owned(), v.clone());
+        }
+    }
+    shown.entry("application_name".into()).or_default();
+    for (k, v) in &shown {
+        messages::parameter_status(&mut out, k, v);
+    }
+    let mut key = [0u8; 8];
+    getrandom::fill(&mut key).map_err(|e| fatal("58000", format!("random: {e}")))?;
+    let pid = i32::from_be_bytes([key[0], key[1], key[2], key[3]]) & i32::MAX;
+    let secret = i32::from_be_bytes([key[4], key[5], key[6], key[7]]);
+    messages::backend_key_data(&mut out, pid, secret);
+    messages::ready_for_query(&mut out, IDLE);
+    socket.write_all(&out).await?;
+    Ok(settings)
+}
+
+async fn authenticate(
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    pool: &Pool,
+    user: &str,
+) -> Result<(), ClientError> {
+    let failed = || {
+        fatal(
+            "28P01",
+            format!("password authentication failed for user {user:?}"),
+        )
+    };
+    let creds = pool.credentials();
+    let mut out = Vec::with_capacity(256);
+    match pool.settings.client_auth {
+        ClientAuth::Trust => Ok(()),
+        ClientAuth::Md5 => {
+            let mut salt = [0u8; 4];
+            getrandom::fill(&mut salt).map_err(|e| fatal("58000", format!("random: {e}")))?;
+            messages::authentication(&mut out, auth::MD5, &salt);
+            socket.write_all(&out).await?;
+            let (tag, msg) = read_auth_message(socket, buf).await?;
+            if tag != b'p' {
+                return Err(WireError::Malformed("expected a password message").into());
+            }
+            let (given, _) = frame::cstr(body(&msg))?;
+            let expected = postgres_protocol::authentication::md5_hash(
+                user.as_bytes(),
+                creds.upstream.password.as_bytes(),
+                salt,
+            );
+            if given == expected {
+                Ok(())
+            } else {
+                Err(failed())
+            }
+        }
+        ClientAuth::Scram => {
+            let verifier = creds.verifier.as_ref().ok_or_else(failed)?;
+            messages::auth_sasl(&mut out);
+            socket.write_all(&out).await?;
+            let (tag, msg) = read_auth_message(socket, buf).await?;
+            if tag != b'p' {
+                return Err(WireError::Malformed("expected SASLInitialResponse").into());
+            }
+            let (mechanism, data) = messages::parse_sasl_initial(body(&msg))?;
+            if mechanism != "SCRAM-SHA-256" {
+                return Err(fatal(
+                    "28000",
+                    format!("SASL mechanism {mechanism:?} is not supported"),
+                ));
+            }
+            let mut nonce = [0u8; 18];
+            getrandom::fill(&mut nonce).map_err(|e| fatal("58000", format!("random: {e}")))?;
+            let nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
+            let (exchange, first) =
+                scram::server_first(verifier, data, &nonce).map_err(|e| match e {
+                    scram::ScramError::ChannelBinding => fatal("28000", e.to_string()),
+                    _ => failed(),
+                })?;
+            out.clear();
+            messages::authentication(&mut out, auth::SASL_CONTINUE, first.as_bytes());
+            socket.write_all(&out).await?;
+            let (tag, msg) = read_auth_message(socket, buf).await?;
+            if tag != b'p' {
+                return Err(WireError::Malformed("expected SASLResponse").into());
+            }
+            let last =
+                scram::server_final(verifier, &exchange, body(&msg)).map_err(|_| failed())?;
+            out.clear();
+            messages::authentication(&mut out, auth::SASL_FINAL, last.as_bytes());
+            socket.write_all(&out).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Where a client session stands.
+enum State {
+    /// No server connection: between transactions (transaction mode) or before the first.
+    Idle,
+    /// A server connection is bound; `pending` Query/Sync messages await ReadyForQuery.
+    Bound {
+        lease: Box<Lease>,
+        pending: usize,
+        status: u8,
+    },
+}
+
+struct Session {
+    socket: TcpStream,
+    buf: BytesMut,
+    pool: Arc<Pool>,
+    settings: BTreeMap<String, String>,
+    shutdown: watch::Receiver<bool>,
+    state: State,
+    limit: usize,
+}
+
+type Ended = Result<(), (TcpStream, ClientError)>;
+
+impl Session {
+    fn new(
+        socket: TcpStream,
+        buf: BytesMut,
+        pool: Arc<Pool>,
+        settings: BTreeMap<String, String>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let limit = pool.settings.max_message_bytes;
+        Session {
+            socket,
+            buf,
+            pool,
+            settings,
+            shutdown,
+            state: State::Idle,
+            limit,
+        }
+    }
+
+    async fn run(mut self) -> Ended {
+        let result = self.serve().await;
+        self.finish().await;
+        match result {
+            Ok(()) | Err(ClientError::Gone) | Err(ClientError::Io(_)) => Ok(()),
+            Err(e) => Err((self.socket, e)),
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), ClientError> {
+        // Messages pipelined behind the startup packet are already here.
+        if !self.buf.is_empty() && self.forward_client().await? {
+            return Ok(());
+        }
+        loop {
+            let bound = matches!(self.state, State::Bound { .. });
+            tokio::select! {
+                read = async {
+                    self.buf.reserve(8192);
+                    self.socket.read_buf(&mut self.buf).await
+                } => {
+                    if read? == 0 {
+                        return Err(ClientError::Gone);
+                    }
+                    if self.forward_client().await? {
+                        return Ok(());
+                    }
+                }
+                read = async {
+                    match &mut self.state {
+                        State::Bound { lease, .. } => {
+                            let c = lease.conn();
+                            c.buf.reserve(16 * 1024);
+                            c.stream.read_buf(&mut c.buf).await
+                        }
+                        State::Idle => std::future::pending().await,
+                    }
+                }, if bound => {
+                    let n = read.unwrap_or(0);
+                    if n == 0 {
+                        return Err(self.server_lost());
+                    }
+                    self.pool.metrics.bytes_from_server.inc_by(n as u64);
+                    self.forward_server().await?;
+                }
+                _ = self.shutdown.changed(), if !bound => {
+                    return Err(fatal("57P01", "the pooler is shutting down"));
+                }
+            }
+        }
+    }
+
+    /// Forwards the complete client messages in the buffer; true when the client said goodbye.
+    async fn forward_client(&mut self) -> Result<bool, ClientError> {
+        let mut end = 0;
+        let mut syncs = 0;
+        let mut terminate = false;
+        while let Some((tag, n)) = frame::frame(&self.buf[end..], self.limit)? {
+            match tag {
+                b'X' => {
+                    terminate = true;
+                    break;
+                }
+                b'Q' | b'S' => syncs += 1,
+                // Startup-phase and server-only tags have no business here.
+                b'p' | b'R' | b'Z' | b'T' | b'K' => {
+                    return Err(
+                        WireError::Malformed("unexpected message type from a client").into(),
+                    );
+                }
+                _ => {}
+            }
+            end += n;
+        }
+        if end > 0 {
+            self.pool.metrics.bytes_from_clients.inc_by(end as u64);
+            self.pool.metrics.queries.inc_by(syncs);
+            if matches!(self.state, State::Idle) {
+                self.bind().await?;
+            }
+            if let State::Bound { lease, pending, .. } = &mut self.state {
+                *pending += usize::try_from(syncs).unwrap_or(usize::MAX);
+                let write = lease.conn().stream.write_all(&self.buf[..end]).await;
+                if write.is_err() {
+                    return Err(self.server_lost());
+                }
+            }
+            self.buf.advance(end);
+        }
+        Ok(terminate)
+    }
+
+    /// Binds a server connection and brings its session settings in line with this client's.
+    async fn bind(&mut self) -> Result<(), ClientError> {
+        self.pool.metrics.clients_waiting.inc();
+        let lease = self.pool.checkout().await;
+        self.pool.metrics.clients_waiting.dec();
+        let mut lease = lease.map_err(|e| match e {
+            PoolError::WaitTimeout { .. } => {
+                self.pool.metrics.error("query_wait_timeout");
+                fatal("53300", e.to_string())
+            }
+            PoolError::Connect(s) => fatal("08006", format!("cannot connect to the server: {s}")),
+        })?;
+        if let Some(sql) = settings_sql(&self.settings, &lease.conn().applied) {
+            apply(lease.conn(), &sql, self.limit).await.map_err(|e| {
+                fatal(
+                    "08006",
+                    format!("restoring session settings on the server: {e}"),
+                )
+            })?;
+            lease.conn().applied = self.settings.clone();
+        }
+        self.pool.metrics.transactions.inc();
+        self.state = State::Bound {
+            lease: Box::new(lease),
+            pending: 0,
+            status: IDLE,
+        };
+        Ok(())
+    }
+
+    /// Forwards the complete server messages in the server buffer; releases the server
+    /// connection when the transaction is over.
+    async fn forward_server(&mut self) -> Result<(), ClientError> {
+        let State::Bound {
+            lease,
+            pending,
+            status,
+        } = &mut self.state
+        else {
+            return Ok(());
+        };
+        let c = lease.conn();
+        let mut end = 0;
+        // Server messages may be large (rows); they are bounded only by the server.
+        while let Some((tag, n)) = frame::frame(&c.buf[end..], usize::MAX >> 1)
+            .map_err(|_| fatal("08P01", "the server sent a malformed message"))?
+        {
+            if tag == b'Z' {
+                *pending = pending.saturating_sub(1);
+                *status = c.buf.get(end + 5).copied().unwrap_or(IDLE);
+            }
+            end += n;
+        }
+        if end > 0 {
+            self.socket.write_all(&c.buf[..end]).await?;
+            c.buf.advance(end);
+        }
+        let done = *pending == 0 && *status == IDLE && c.buf.is_empty();
+        if done
+            && self.pool.settings.mode == Mode::Transaction
+            && let State::Bound { lease, .. } = std::mem::replace(&mut self.state, State::Idle)
+        {
+            lease.release();
+        }
+        Ok(())
+    }
+
+    /// The server connection died: the client gets an error, the connection is dropped.
+    fn server_lost(&mut self) -> ClientError {
+        self.state = State::Idle;
+        self.pool.metrics.error("server_lost");
+        fatal("08006", "the server closed the connection unexpectedly")
+    }
+
+    /// At the end of a session: a clean server connection goes back (reset in session
+    /// mode); one in a transaction is closed.
+    async fn finish(&mut self) {
+        let State::Bound {
+            mut lease,
+            pending,
+            status,
+        } = std::mem::replace(&mut self.state, State::Idle)
+        else {
+            return;
+        };
+        if pending != 0 || status != IDLE || !lease.conn().buf.is_empty() {
+            return; // dropped: closed, never reused dirty
+        }
+        if self.pool.settings.mode == Mode::Session {
+            if apply(lease.conn(), "DISCARD ALL", self.limit)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            lease.conn().applied.clear();
+        }
+        lease.release();
+    }
+}
+
+/// The SET/RESET statements that give `conn` this client's settings; `None` when it has them.
+fn settings_sql(
+    want: &BTreeMap<String, String>,
+    applied: &BTreeMap<String, String>,
+) -> Option<String> {
+    if applied == want {
+        return None;
+    }
+    let mut sql = String::new();
+    for (k, v) in want {
+        if applied.get(k) != Some(v)
+            && let Ok(name) = Ident::new(k)
+        {
+            sql.push_str(&format!("SET {name} = {};", literal(v)));
+        }
+    }
+    for k in applied.keys().filter(|k| !want.contains_key(*k)) {
+        if let Ok(name) = Ident::new(k) {
+            sql.push_str(&format!("RESET {name};"));
+        }
+    }
+    (!sql.is_empty()).then_some(sql)
+}
+
+/// Runs `sql` on the server connection and reads through its ReadyForQuery, swallowing the
+/// responses; an error from the server fails it.
+async fn apply(conn: &mut ServerConn, sql: &str, limit: usize) -> Result<(), ServerError> {
+    let mut out = Vec::with_capacity(sql.len() + 8);
+    messages::query(&mut out, sql);
+    conn.stream.write_all(&out).await?;
+    let mut failure = None;
+    loop {
+        let (tag, msg) = read_message(conn, limit).await?;
+        match tag {
+            b'E' => {
+                let (code, message) = messages::parse_error(body(&msg));
+                failure = Some(ServerError::Refused { code, message });
+            }
+            b'S' => {
+                let (k, v) = messages::parse_parameter_status(body(&msg))?;
+                conn.params.insert(k.to_owned(), v.to_owned());
+            }
+            b'Z' => return failure.map_or(Ok(()), Err),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_set_and_reset_with_quoted_names_and_values() {
+        let want = BTreeMap::from([
+            ("application_name".to_owned(), "it's me".to_owned()),
+            ("search_path".to_owned(), "\"My Schema\", public".to_owned()),
+        ]);
+        let applied = BTreeMap::from([
+            ("TimeZone".to_owned(), "UTC".to_owned()),
+            ("application_name".to_owned(), "it's me".to_owned()),
+        ]);
+        let sql = settings_sql(&want, &applied).unwrap();
+        assert_eq!(
+            sql,
+            "SET \"search_path\" = '\"My Schema\", public';RESET \"TimeZone\";"
+        );
+        assert_eq!(settings_sql(&want, &want), None);
+    }
+}

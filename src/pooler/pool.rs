@@ -1,0 +1,256 @@
+//! The pool of server connections: at most `pool_size` exist; a client waits for one up to
+//! `query_wait_timeout`. A `Lease` returns its connection on `release`, and closes it when
+//! dropped without one (a dirty connection is never handed to another client).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::config::{Settings, Upstream};
+use super::metrics::Metrics;
+use super::server::{self, ServerConn, ServerError};
+
+/// Why a client got no server connection.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(
+        "no server connection became free within query_wait_timeout ({wait:?}); the pool holds {size}"
+    )]
+    WaitTimeout { wait: Duration, size: usize },
+    #[error("cannot connect to the server: {0}")]
+    Connect(#[from] ServerError),
+}
+
+/// What the pooler connects with, swapped as a whole when the Secret changes.
+pub struct Credentials {
+    pub upstream: Arc<Upstream>,
+    pub verifier: Option<crate::pgwire::scram::Verifier>,
+    pub generation: u64,
+}
+
+pub struct Pool {
+    pub settings: Arc<Settings>,
+    credentials: RwLock<Arc<Credentials>>,
+    idle: Mutex<Vec<ServerConn>>,
+    permits: Arc<Semaphore>,
+    /// The parameters the server reported last, shown to clients at startup.
+    server_params: RwLock<BTreeMap<String, String>>,
+    /// Whether the last attempt to log in upstream worked.
+    ready: AtomicBool,
+    generation: AtomicU64,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Pool {
+    pub fn new(settings: Arc<Settings>, credentials: Credentials, metrics: Arc<Metrics>) -> Pool {
+        Pool {
+            permits: Arc::new(Semaphore::new(settings.pool_size)),
+            generation: AtomicU64::new(credentials.generation),
+            credentials: RwLock::new(Arc::new(credentials)),
+            settings,
+            idle: Mutex::new(Vec::new()),
+            server_params: RwLock::new(BTreeMap::new()),
+            ready: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// New credentials: new server connections use them; old ones retire when next idle.
+    pub fn replace_credentials(
+        &self,
+        upstream: Upstream,
+        verifier: Option<crate::pgwire::scram::Verifier>,
+    ) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        *self.credentials.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Credentials {
+            upstream: Arc::new(upstream),
+            verifier,
+            generation,
+        });
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|c| c.generation == generation);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn server_params(&self) -> BTreeMap<String, String> {
+        self.server_params
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn fresh(&self, c: &ServerConn, generation: u64, now: Instant) -> bool {
+        c.generation == generation
+            && now.duration_since(c.created) < self.settings.server_lifetime
+            && now.duration_since(c.idle_since) < self.settings.server_idle_timeout
+            && c.alive()
+    }
+
+    /// A server connection for one transaction (or session), waiting for a free slot.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Lease, PoolError> {
+        let wait = self.settings.query_wait_timeout;
+        let started = Instant::now();
+        let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| PoolError::WaitTimeout {
+                wait,
+                size: self.settings.pool_size,
+            })?
+            .map_err(|_| PoolError::WaitTimeout {
+                wait,
+                size: self.settings.pool_size,
+            })?;
+        self.metrics.wait.observe(started.elapsed().as_secs_f64());
+        let generation = self.generation.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let reused = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut found = None;
+            while let Some(c) = idle.pop() {
+                if self.fresh(&c, generation, now) {
+                    found = Some(c);
+                    break;
+                }
+            }
+            found
+        };
+        let conn = match reused {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        self.metrics.servers_active.inc();
+        Ok(Lease {
+            conn: Some(conn),
+            _permit: permit,
+            pool: self.clone(),
+        })
+    }
+
+    /// Makes one new server connection with the current credentials.
+    pub async fn connect(&self) -> Result<ServerConn, ServerError> {
+        let creds = self.credentials();
+        let result = server::connect(
+            &creds.upstream,
+            &self.settings.application_name,
+            self.settings.connect_timeout,
+            creds.generation,
+        )
+        .await;
+        match &result {
+            Ok(c) => {
+                tracing::debug!(tls = c.tls, pid = c.key.0, "server connection opened");
+                self.ready.store(true, Ordering::Relaxed);
+                self.metrics.server_connects.inc();
+                *self
+                    .server_params
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = c.params.clone();
+            }
+            Err(e) => {
+                self.ready.store(false, Ordering::Relaxed);
+                self.metrics.error(e.kind());
+                tracing::warn!(error = %e, "server connection failed");
+            }
+        }
+        result
+    }
+
+    fn checkin(&self, mut conn: ServerConn) {
+        conn.idle_since = Instant::now();
+        let generation = self.generation.load(Ordering::SeqCst);
+        if conn.generation == generation && conn.buf.is_empty() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+    }
+
+    /// Closes idle connections past their idle time-out or lifetime (keeping `min_idle`),
+    /// and opens connections up to `min_idle` while slots are free. Run periodically.
+    pub async fn maintain(self: &Arc<Self>) {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let idle_count = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let keep = self.settings.min_idle;
+            let mut kept = Vec::with_capacity(idle.len());
+            // Newest last: keep the most recently used.
+            for c in idle.drain(..).rev() {
+                let expired = now.duration_since(c.idle_since) >= self.settings.server_idle_timeout
+                    && kept.len() >= keep;
+                if !expired
+                    && c.generation == generation
+                    && now.duration_since(c.created) < self.settings.server_lifetime
+                    && c.alive()
+                {
+                    kept.push(c);
+                }
+            }
+            kept.reverse();
+            *idle = kept;
+            idle.len()
+        };
+        self.metrics
+            .servers_idle
+            .set(i64::try_from(idle_count).unwrap_or(i64::MAX));
+        for _ in idle_count..self.settings.min_idle {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let Ok(conn) = self.connect().await else {
+                break;
+            };
+            self.checkin(conn);
+            drop(permit);
+        }
+    }
+}
+
+/// A server connection lent to one client.
+pub struct Lease {
+    conn: Option<ServerConn>,
+    _permit: OwnedSemaphorePermit,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    pub fn conn(&mut self) -> &mut ServerConn {
+        // Present until release() or drop consumes the lease.
+        self.conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a lease always holds a connection"))
+    }
+
+    /// Returns a clean connection to the pool.
+    pub fn release(mut self) {
+        if let Some(c) = self.conn.take() {
+            self.pool.checkin(c);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.metrics.servers_active.dec();
+        if self.conn.is_some() {
+            // Not released: in a transaction, or broken. Close it.
+            self.pool.metrics.error("server_discarded");
+        }
+    }
+}

@@ -1,0 +1,586 @@
+//! `dbconn pooler` in front of the bed's real PostgreSQL, driven by tokio-postgres, psql,
+//! pgbench and raw sockets: what an application in the pod sees.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Relay, bed, http_get, unique};
+
+/// A database and a login role for one test, made by the bed's superuser.
+struct App {
+    db: String,
+    user: String,
+    password: String,
+}
+
+fn app(prefix: &str) -> App {
+    let pg = &bed().postgres;
+    let db = unique(prefix).replace('-', "_");
+    let user = format!("{db}_app");
+    let password = format!("pw '{}' with spaces", unique("x"));
+    pg.psql("postgres", &format!("CREATE DATABASE {db}"))
+        .expect("database");
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE {user} LOGIN PASSWORD {}; GRANT ALL ON DATABASE {db} TO {user}; ALTER DATABASE {db} OWNER TO {user}",
+            dbconn::postgres::quote::literal(&password)
+        ),
+    )
+    .expect("role");
+    App { db, user, password }
+}
+
+/// A running pooler, killed when dropped (even when the test fails).
+struct Pooler {
+    child: Child,
+    port: u16,
+    http: u16,
+    secret_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Pooler {
+    /// Writes a Secret directory as the operator would and starts the pooler on it.
+    fn start(a: &App, upstream_port: u16, extra: &[&str]) -> Pooler {
+        let secret_dir = std::env::temp_dir().join(unique("pooler-secret"));
+        std::fs::create_dir_all(&secret_dir).expect("dir");
+        let ca = std::fs::read_to_string(&bed().ca_cert).expect("ca");
+        for (k, v) in [
+            ("host", "localhost".to_owned()),
+            ("port", upstream_port.to_string()),
+            ("dbname", a.db.clone()),
+            ("username", a.user.clone()),
+            ("password", a.password.clone()),
+            ("sslmode", "verify-full".to_owned()),
+            ("ca.crt", ca),
+        ] {
+            std::fs::write(secret_dir.join(k), v).expect("secret file");
+        }
+        let port = testbed::free_port().expect("port");
+        let http = testbed::free_port().expect("port");
+        let log = std::env::temp_dir().join(format!("{}.log", unique("pooler")));
+        let child = Command::new(env!("CARGO_BIN_EXE_dbconn"))
+            .arg("pooler")
+            .arg("--secret-dir")
+            .arg(&secret_dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--application-name", "dbconn:test/pod"])
+            .args(extra)
+            .env("RUST_LOG", "info,dbconn=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("dbconn pooler");
+        let p = Pooler {
+            child,
+            port,
+            http,
+            secret_dir,
+            log,
+        };
+        p.wait_listening();
+        p
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pooler never listened:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(self.http, "/readyz").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "pooler never ready:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn conninfo(&self, a: &App) -> String {
+        format!(
+            "host=127.0.0.1 port={} dbname={} user={} password='{}' sslmode=disable",
+            self.port,
+            a.db,
+            a.user,
+            a.password.replace('\\', "\\\\").replace('\'', "\\'")
+        )
+    }
+
+    async fn client(&self, a: &App) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.conninfo(a), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+}
+
+/// The first column of the first row of a simple-protocol result.
+fn first_value(rows: &[tokio_postgres::SimpleQueryMessage]) -> String {
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// One value through the simple protocol (no named prepared statements: those are tracked
+/// per client only in part 2 of the pooler).
+async fn value(c: &tokio_postgres::Client, sql: &str) -> Result<String, tokio_postgres::Error> {
+    Ok(first_value(&c.simple_query(sql).await?))
+}
+
+/// The server's message for an error, or the error's own text.
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| format!("{} ({})", d.message(), d.code().code()))
+        .unwrap_or_else(|| e.to_string())
+}
+
+fn admin(sql: &str) -> String {
+    bed()
+        .postgres
+        .psql("postgres", sql)
+        .expect("psql")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_clients_share_five_server_connections_in_transaction_mode() {
+    let a = app("many");
+    let pooler = Pooler::start(&a, bed().postgres.port, &["--pool-size", "5"]);
+    pooler.wait_ready();
+    let setup = pooler.client(&a).await.expect("login through the pooler");
+    setup
+        .batch_execute("CREATE TABLE hits (client int, n int)")
+        .await
+        .expect("table");
+    let mut tasks = Vec::new();
+    for c in 0..100 {
+        let client = pooler.client(&a).await.expect("client");
+        tasks.push(tokio::spawn(async move {
+            for n in 0..10 {
+                let tx = format!("BEGIN; INSERT INTO hits VALUES ({c}, {n}); COMMIT;");
+                client.batch_execute(&tx).await?;
+                // Parse/Bind/Execute/Sync in one pipeline, with a parameter.
+                let row = client
+                    .query_typed_one(
+                        "SELECT count(*) FROM hits WHERE client = $1",
+                        &[(&c, tokio_postgres::types::Type::INT4)],
+                    )
+                    .await?;
+                assert_eq!(row.get::<_, i64>(0), n + 1);
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task").expect("no client saw an error");
+    }
+    let total = value(&setup, "SELECT count(*) FROM hits")
+        .await
+        .expect("count");
+    assert_eq!(total, "1000");
+    let servers = admin(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbconn:test/pod' AND datname = '{}'",
+        a.db
+    ));
+    println!("server connections for 101 clients: {servers}");
+    assert!(servers.parse::<i32>().expect("count") <= 5, "{servers}");
+    let (code, metrics) = http_get(pooler.http, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("dbconn_pooler_transactions_total"),
+        "{metrics}"
+    );
+    // The same few server connections served every transaction.
+    let connects: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dbconn_pooler_server_connects_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("server_connects in /metrics");
+    println!("server connections opened for 2,000 transactions: {connects}");
+    assert!(connects <= 5.0, "{connects}");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_transaction_never_hands_its_transaction_to_another() {
+    let a = app("dirty");
+    let pooler = Pooler::start(&a, bed().postgres.port, &["--pool-size", "1"]);
+    let first = pooler.client(&a).await.expect("client");
+    first
+        .batch_execute("CREATE TABLE t (x int)")
+        .await
+        .expect("table");
+    first
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .expect("open transaction");
+    drop(first);
+    // With a pool of one, the next client gets the same slot: it must be a clean session.
+    let second = pooler.client(&a).await.expect("client");
+    let rows = value(&second, "SELECT count(*) FROM t")
+        .await
+        .expect("count");
+    assert_eq!(rows, "0", "the abandoned INSERT was rolled back");
+    let rows = second
+        .simple_query("SELECT txid_current_if_assigned() IS NULL")
+        .await
+        .expect("query");
+    assert_eq!(
+        first_value(&rows),
+        "t",
+        "not inside someone else's transaction"
+    );
+}
+
+#[tokio::test]
+async fn session_mode_keeps_settings_for_the_client_and_resets_them_after() {
+    let a = app("session");
+    let pooler = Pooler::start(
+        &a,
+        bed().postgres.port,
+        &["--pool-size", "1", "--mode", "session"],
+    );
+    let c = pooler.client(&a).await.expect("client");
+    c.batch_execute("SET statement_timeout = '1234ms'")
+        .await
+        .expect("set");
+    let v = value(&c, "SHOW statement_timeout").await.expect("show");
+    assert_eq!(v, "1234ms");
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = pooler.client(&a).await.expect("client");
+    let v = value(&c, "SHOW statement_timeout").await.expect("show");
+    assert_eq!(v, "0", "DISCARD ALL reset the previous client's setting");
+}
+
+#[tokio::test]
+async fn startup_parameters_follow_the_client_and_the_pool_is_named_in_pg_stat_activity() {
+    let a = app("params");
+    let pooler = Pooler::start(&a, bed().postgres.port, &["--pool-size", "1"]);
+    let conninfo = format!(
+        "{} application_name=billing options='-c search_path=public'",
+        pooler.conninfo(&a)
+    );
+    let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .expect("client");
+    tokio::spawn(conn);
+    let name = value(&c, "SHOW application_name").await.expect("show");
+    assert_eq!(name, "billing");
+    drop(c);
+    // Another client without the setting does not inherit it.
+    let c = pooler.client(&a).await.expect("client");
+    let name = value(&c, "SHOW application_name").await.expect("show");
+    assert_eq!(
+        name, "dbconn:test/pod",
+        "the pool's own name, as pg_stat_activity shows"
+    );
+}
+
+#[tokio::test]
+async fn wrong_credentials_and_names_get_clear_errors() {
+    let a = app("auth");
+    let pooler = Pooler::start(&a, bed().postgres.port, &[]);
+    let wrong = App {
+        password: "not it".into(),
+        ..App {
+            db: a.db.clone(),
+            user: a.user.clone(),
+            password: String::new(),
+        }
+    };
+    let e = pooler.client(&wrong).await.expect_err("refused");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "28P01");
+    assert!(
+        db.message().contains("password authentication failed"),
+        "{db:?}"
+    );
+    let other_db = App {
+        db: "elsewhere".into(),
+        user: a.user.clone(),
+        password: a.password.clone(),
+    };
+    let e = pooler.client(&other_db).await.expect_err("refused");
+    assert_eq!(e.as_db_error().expect("db error").code().code(), "3D000");
+    // psql agrees, with md5 and trust not asked for.
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", "SELECT 42"])
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", pooler.port.to_string())
+        .env("PGDATABASE", &a.db)
+        .env("PGUSER", &a.user)
+        .env("PGPASSWORD", &a.password)
+        .output()
+        .expect("psql");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{out:?}");
+}
+
+/// Sends raw bytes as a client and returns what came back before the pooler closed.
+fn raw(port: u16, bytes: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+fn startup(user: &str, db: &str) -> Vec<u8> {
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", db)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    p.extend(body);
+    p
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_messages_close_only_that_client() {
+    let a = app("malformed");
+    let pooler = Pooler::start(
+        &a,
+        bed().postgres.port,
+        &["--client-auth", "trust", "--max-message-bytes", "65536"],
+    );
+    let bystander = pooler.client(&a).await.expect("client");
+    // A startup packet with a negative length.
+    let out = raw(pooler.port, &[0xff, 0xff, 0xff, 0xf0, 0, 3, 0, 0]);
+    assert_eq!(out.first(), Some(&b'E'), "{out:?}");
+    assert!(String::from_utf8_lossy(&out).contains("08P01"));
+    // A protocol version nobody speaks.
+    let mut v9 = 8i32.to_be_bytes().to_vec();
+    v9.extend((9i32 << 16).to_be_bytes());
+    let out = raw(pooler.port, &v9);
+    assert!(
+        String::from_utf8_lossy(&out).contains("unsupported frontend protocol 9.0"),
+        "{out:?}"
+    );
+    // After login, a Query announcing 1 GiB: refused from its header alone.
+    let mut msg = startup(&a.user, &a.db);
+    msg.extend([b'Q', 0x40, 0, 0, 0]);
+    let out = raw(pooler.port, &msg);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("exceeds the limit of 65536 bytes"), "{text}");
+    // A server-only message type from a client.
+    let mut msg = startup(&a.user, &a.db);
+    msg.extend([b'Z', 0, 0, 0, 5, b'I']);
+    let out = raw(pooler.port, &msg);
+    assert!(String::from_utf8_lossy(&out).contains("unexpected message type"));
+    // Nothing else was disturbed.
+    assert_eq!(value(&bystander, "SELECT 1").await.expect("bystander"), "1");
+    assert!(!pooler.log_text().contains("panicked"));
+}
+
+#[tokio::test]
+async fn a_server_connection_killed_mid_transaction_fails_only_that_transaction() {
+    let a = app("killed");
+    let pooler = Pooler::start(&a, bed().postgres.port, &["--pool-size", "2"]);
+    let c = pooler.client(&a).await.expect("client");
+    c.batch_execute("BEGIN").await.expect("begin");
+    let pid = value(&c, "SELECT pg_backend_pid()").await.expect("pid");
+    admin(&format!("SELECT pg_terminate_backend({pid})"));
+    let e = c.simple_query("SELECT 1").await.expect_err("error");
+    println!("the client saw: {}", message(&e));
+    let fresh = pooler.client(&a).await.expect("a new client");
+    assert_eq!(value(&fresh, "SELECT 1").await.expect("works"), "1");
+}
+
+#[tokio::test]
+async fn an_outage_gives_clear_errors_and_service_returns_with_the_server() {
+    let a = app("outage");
+    let relay = Relay::start(bed().postgres.port);
+    let pooler = Pooler::start(
+        &a,
+        relay.port,
+        &["--connect-timeout-seconds", "2", "--min-idle", "1"],
+    );
+    pooler.wait_ready();
+    let c = pooler.client(&a).await.expect("client");
+    c.batch_execute("SELECT 1").await.expect("works");
+    relay.down();
+    let e = c.batch_execute("SELECT 1").await.expect_err("server gone");
+    println!("during the outage: {}", message(&e));
+    let started = Instant::now();
+    let e = pooler.client(&a).await.expect("login is local");
+    let err = e.batch_execute("SELECT 1").await.expect_err("no server");
+    let text = message(&err);
+    println!(
+        "a new client during the outage, after {:?}: {text}",
+        started.elapsed()
+    );
+    assert!(
+        text.contains("cannot connect to the server") || text.contains("closed"),
+        "{text}"
+    );
+    relay.up();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = match pooler.client(&a).await {
+            Ok(c) => c.batch_execute("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        };
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "service did not return");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn verify_full_against_the_wrong_name_is_not_ready_and_says_why() {
+    let a = app("wrongname");
+    let pooler = Pooler::start(
+        &a,
+        bed().postgres.port,
+        &["--server-name", "db.example.com"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(http_get(pooler.http, "/readyz").0, 503);
+    let c = pooler.client(&a).await.expect("login is local");
+    let e = c.batch_execute("SELECT 1").await.expect_err("no server");
+    let text = message(&e);
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+}
+
+#[tokio::test]
+async fn new_credentials_in_the_secret_are_used_without_dropping_clients() {
+    let a = app("rotate");
+    let pooler = Pooler::start(&a, bed().postgres.port, &[]);
+    let old = pooler.client(&a).await.expect("client");
+    let new_password = "rotated p@ss";
+    admin(&format!(
+        "ALTER ROLE {} PASSWORD {}",
+        a.user,
+        dbconn::postgres::quote::literal(new_password)
+    ));
+    std::fs::write(pooler.secret_dir.join("password"), new_password).expect("write");
+    let rotated = App {
+        db: a.db.clone(),
+        user: a.user.clone(),
+        password: new_password.into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let fresh = loop {
+        if let Ok(c) = pooler.client(&rotated).await {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the new password never worked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    fresh
+        .batch_execute("SELECT 1")
+        .await
+        .expect("new client works");
+    old.batch_execute("SELECT 1")
+        .await
+        .expect("the old client was not dropped");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_busy_transaction_finish_then_exits_cleanly() {
+    let a = app("sigterm");
+    let mut pooler = Pooler::start(&a, bed().postgres.port, &["--shutdown-grace-seconds", "10"]);
+    let c = pooler.client(&a).await.expect("client");
+    c.batch_execute("BEGIN").await.expect("begin");
+    let pid = pooler.child.id();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New clients are turned away…
+    assert!(pooler.client(&a).await.is_err());
+    // …while the busy one finishes its transaction.
+    c.batch_execute("SELECT pg_sleep(0.2); COMMIT")
+        .await
+        .expect("in-flight transaction completes");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = pooler.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "pooler did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}\n{}", pooler.log_text());
+}
+
+#[test]
+fn pgbench_runs_through_the_pooler_with_simple_and_extended_protocol() {
+    let a = app("pgbench");
+    let pooler = Pooler::start(&a, bed().postgres.port, &["--pool-size", "4"]);
+    let pg = &bed().postgres;
+    let pgbench = pg.bin_dir.join("pgbench");
+    let run = |args: &[&str], port: u16| {
+        let out = Command::new(&pgbench)
+            .args(args)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                &a.user,
+                &a.db,
+            ])
+            .env("PGPASSWORD", &a.password)
+            .env("PGSSLMODE", "disable")
+            .output()
+            .expect("pgbench");
+        assert!(
+            out.status.success(),
+            "pgbench {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["-i", "-q", "-s", "1"], pooler.port);
+    for mode in ["simple", "extended"] {
+        let out = run(
+            &["-c", "8", "-j", "2", "-t", "200", "-S", "-M", mode],
+            pooler.port,
+        );
+        assert!(out.contains("number of failed transactions: 0"), "{out}");
+    }
+    let out = run(&["-c", "4", "-t", "50", "-M", "extended"], pooler.port);
+    assert!(out.contains("number of failed transactions: 0"), "{out}");
+}
