@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BED_DIR ?= /tmp/dbconn-bed
 
-.PHONY: help setup demo test lint generate bed-up bed-down build clean-bed bench-operator
+.PHONY: help setup demo test lint generate bed-up bed-down build clean-bed bench-operator bench-pooler bench
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -23,6 +23,11 @@ lint: ## cargo fmt --check and clippy -D warnings
 
 generate: ## regenerate crds/ and the chart's copy from src/api/
 	$(CARGO) run -q --bin dbconn -- crd --write crds --write charts/dbconn/crds
+
+bench: bench-pooler bench-operator ## both benchmarks
+
+bench-pooler: setup ## dbconn pooler vs PgBouncer vs direct PostgreSQL (pgbench), plain and TLS upstream
+	scripts/with-bed.sh bench/pooler.sh
 
 bench-operator: setup ## 1,000 DatabaseConnections on a fresh bed: time to Ready, reconciles/s, peak RSS, restart
 	$(CARGO) bench --locked --bench operator

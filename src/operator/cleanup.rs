@@ -23,10 +23,21 @@ use crate::postgres::role;
 
 /// The finalizer dbconn puts on every DatabaseConnection.
 pub const FINALIZER: &str = "dbconn.io/cleanup";
+/// `"true"` on a DatabaseConnection: delete it without touching the server (for when the
+/// server or its credentials are gone for good).
+pub const SKIP_CLEANUP: &str = "dbconn.io/skip-cleanup";
 
 pub async fn cleanup(conn: Arc<DatabaseConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
     let policy = conn.spec.deletion_policy;
+    let skip = conn
+        .annotations()
+        .get(SKIP_CLEANUP)
+        .is_some_and(|v| v == "true");
     let done = match policy {
+        _ if skip => Ok(format!(
+            "role {:?} left as it is ({SKIP_CLEANUP} is true)",
+            conn.spec.role.name
+        )),
         DeletionPolicy::Retain => Ok(format!(
             "role {:?} and its privileges kept (deletionPolicy Retain)",
             conn.spec.role.name
@@ -36,7 +47,9 @@ pub async fn cleanup(conn: Arc<DatabaseConnection>, ctx: Arc<Context>) -> Result
     let note = match done {
         Ok(note) => note,
         Err(e) => {
-            let message = format!("deletionPolicy {policy:?} cannot finish yet: {e}");
+            let message = format!(
+                "deletionPolicy {policy:?} cannot finish yet: {e} (retrying; to delete without touching the server, annotate {SKIP_CLEANUP}=true)"
+            );
             if let Err(status) = report_deletion(&conn, &ctx, "DeletionBlocked", message).await {
                 tracing::warn!(error = %status, "reporting a blocked deletion");
             }
@@ -82,14 +95,20 @@ async fn on_server(
         ));
     };
     let mut admin = resolved.login(&user, &password).await?;
-    let exists = role::inspect(&admin.client, &role_name)
+    let Some(state) = role::inspect(&admin.client, &role_name)
         .await
         .map_err(|e| Error::sql("reading the role", e))?
-        .is_some();
-    if !exists {
+    else {
         return Ok(format!("role {role_ident} no longer exists"));
+    };
+    if state.privileged {
+        return Ok(format!(
+            "role {role_ident} is privileged: dbconn leaves it alone"
+        ));
     }
-    if policy == DeletionPolicy::Revoke {
+    // Only a role this connection created is dropped; an adopted one loses its grants.
+    let ours = state.comment == role::marker(&conn.uid().unwrap_or_default());
+    if policy == DeletionPolicy::Revoke || !ours {
         let catalog = privileges::catalog(&admin.client)
             .await
             .map_err(|e| Error::sql("reading the catalog", e))?;
@@ -102,7 +121,12 @@ async fn on_server(
         )
         .await?;
         return Ok(format!(
-            "{n} privileges of role {role_ident} revoked; the role is kept (deletionPolicy Revoke)"
+            "{n} privileges of role {role_ident} revoked; the role is kept (deletionPolicy {policy:?}{})",
+            if ours {
+                ""
+            } else {
+                ", and the role was not created by this DatabaseConnection"
+            }
         ));
     }
     drop_role(
@@ -140,6 +164,19 @@ async fn drop_role(
         .map(|r| r.get(0))
         .collect();
     databases.insert(resolved.base.database.clone());
+    // A CREATEROLE admin that is not a superuser needs the role's privileges to hand its
+    // objects over and drop them.
+    let member: bool = admin
+        .query_one(plan.is_member, &[&role_name])
+        .await
+        .map_err(|e| Error::sql("checking role membership", e))?
+        .get(0);
+    if !member {
+        admin
+            .batch_execute(&plan.become_member)
+            .await
+            .map_err(|e| Error::sql("granting the role to the admin", e))?;
+    }
     for db in &databases {
         let other;
         let client = if *db == resolved.base.database {

@@ -41,6 +41,12 @@ pub enum Error {
     NoCredentials,
     #[error("role {0:?} does not exist and role.create is false")]
     RoleMissing(String),
+    #[error("{0}")]
+    RoleNotAllowed(String),
+    #[error(
+        "role {0:?} exists and was not created by this DatabaseConnection: set role.passwordSecretRef to its password to use it"
+    )]
+    RoleNotManaged(String),
     #[error("invalid name: {0}")]
     Name(#[from] IdentError),
     #[error("{step}: {message}")]
@@ -84,6 +90,8 @@ impl Error {
             Error::Connect(e) => e.reason(),
             Error::NoCredentials => "CredentialsMissing",
             Error::RoleMissing(_) => "RoleNotFound",
+            Error::RoleNotAllowed(_) => "RoleNotAllowed",
+            Error::RoleNotManaged(_) => "RoleNotManaged",
             Error::Name(_) => "InvalidName",
             Error::Sql { .. } => "SQLFailed",
             Error::Template(_) => "TemplateInvalid",

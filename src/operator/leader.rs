@@ -59,6 +59,10 @@ where
             () = lost(&mut leading) => {
                 tracing::warn!(identity = %identity, "lost the leader Lease; stopping the controllers");
                 on_change(false);
+                if leading.has_changed().is_err() {
+                    // The Lease manager itself stopped: campaigning again would spin.
+                    break Err(anyhow::anyhow!("the Lease manager stopped"));
+                }
             }
             () = &mut *shutdown => break Ok(()),
         }

@@ -60,18 +60,19 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     backoff: Backoff,
-    /// The generation each connection last converged at, in this process: a later
-    /// reconcile of the same generation that still has to change privileges found drift.
-    converged: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// The generation and desired privilege set each connection last converged to, in this
+    /// process: a later reconcile with both unchanged that still has to change privileges
+    /// found drift (new tables matched by `*` change the set, so they are not drift).
+    converged: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
 }
 
 impl Context {
-    /// Records that `obj` converged at its current generation; true when it had already
-    /// converged at that generation before.
-    fn converged_again<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {
-        let generation = obj.meta().generation.unwrap_or_default();
+    /// Records that `obj` converged at its current generation to the desired set hashed as
+    /// `desired`; true when it had already converged to exactly that before.
+    fn converged_again<K: Resource<DynamicType = ()>>(&self, obj: &K, desired: u64) -> bool {
+        let state = (obj.meta().generation.unwrap_or_default(), desired);
         let mut map = self.converged.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(key(obj), generation) == Some(generation)
+        map.insert(key(obj), state) == Some(state)
     }
 
     fn forget<K: Resource<DynamicType = ()>>(&self, obj: &K) {

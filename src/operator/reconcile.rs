@@ -92,6 +92,10 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
     let existing = owned_secret(conn, ctx, &ns, &secret_name)
         .await
         .map_err(at(SECRET_READY))?;
+    let stored_password = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref()?.get("password"))
+        .is_some_and(|b| !b.0.is_empty());
     let password = match &spec.role.password_secret_ref {
         Some(p) => secret_key(&ctx.client, &ns, &p.name, p.key_or("password"))
             .await
@@ -102,6 +106,7 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
         None => match existing
             .as_ref()
             .and_then(|s| s.data.as_ref()?.get("password").cloned())
+            .filter(|b| !b.0.is_empty())
         {
             Some(b) => String::from_utf8(b.0).unwrap_or_default(),
             None => generate_password().map_err(|e| Failed {
@@ -130,6 +135,15 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
             if state.is_none() && !spec.role.create {
                 return Err(at(ROLE_READY)(Error::RoleMissing(role_name)));
             }
+            let marker = role::marker(&conn.uid().unwrap_or_default());
+            let claim = RoleClaim {
+                state: state.as_ref(),
+                marker: &marker,
+                admin: user,
+                password_given: spec.role.password_secret_ref.is_some(),
+                stored_password,
+            };
+            let ours = claim.check(&role_name).map_err(at(ROLE_READY))?;
             let limit = spec.role.connection_limit.unwrap_or(-1);
             if let Some(sql) = role::ensure_sql(
                 &role_ident,
@@ -144,7 +158,8 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
                     .map_err(|e| at(ROLE_READY)(Error::sql("creating the role", e)))?;
             }
             let app = match resolved.login(&role_name, &password).await {
-                Err(ConnectError::PasswordRejected(_)) => {
+                // Only a role dbconn created for this connection gets its password reset.
+                Err(ConnectError::PasswordRejected(_)) if ours => {
                     let sql = role::password_sql(&role_ident, &role::verifier(&password));
                     admin
                         .client
@@ -158,6 +173,14 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
                 }
                 other => other.map_err(at(ROLE_READY))?,
             };
+            let marked = state.as_ref().is_some_and(|s| s.comment == marker);
+            if ours && !marked {
+                admin
+                    .client
+                    .batch_execute(&role::mark_sql(&role_ident, &marker))
+                    .await
+                    .map_err(|e| at(ROLE_READY)(Error::sql("marking the role", e)))?;
+            }
             r.done.push(Cond::ok(
                 ROLE_READY,
                 "LoggedIn",
@@ -167,7 +190,13 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
             let (desired, changes) = converge(&mut admin.client, spec, &role_name, &role_ident)
                 .await
                 .map_err(at(GRANTS_APPLIED))?;
-            if ctx.converged_again(conn) && changes > 0 {
+            let fingerprint = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                desired.privileges.hash(&mut h);
+                h.finish()
+            };
+            if ctx.converged_again(conn, fingerprint) && changes > 0 {
                 // Nothing in the spec changed since the last successful reconcile: someone
                 // changed the role's privileges by hand, and they were put back.
                 ctx.metrics.drift_repairs.inc();
@@ -334,7 +363,7 @@ async fn converge(
 }
 
 /// Reads the role's ACLs and applies the difference to `desired` in one transaction under an
-/// advisory lock keyed by the role, so two operators never interleave. Sends no statement at
+/// advisory lock keyed by the database, so two operators never interleave. Sends no statement at
 /// all when nothing differs. Returns the number of GRANT/REVOKE statements run.
 pub(super) async fn set_privileges(
     admin: &mut Client,
@@ -357,10 +386,15 @@ pub(super) async fn set_privileges(
         .transaction()
         .await
         .map_err(|e| Error::sql("starting the grant transaction", e))?;
-    let key = format!("dbconn:role:{role_name}");
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
-        .await
-        .map_err(|e| Error::sql("taking the role lock", e))?;
+    // One lock per database, not per role: GRANTs for different roles on the same schema
+    // or default ACL rewrite the same catalog row, and PostgreSQL fails the second with
+    // "tuple concurrently updated". The same lock keeps two replicas from interleaving.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('dbconn:grants:' || current_database()))",
+        &[],
+    )
+    .await
+    .map_err(|e| Error::sql("taking the grant lock", e))?;
     // Re-read under the lock: another replica may have converged already.
     let current = privileges::current(&tx, role_name, catalog)
         .await
@@ -512,6 +546,45 @@ pub(super) async fn report_deletion(
     Ok(())
 }
 
+/// Whether this connection may manage an existing role.
+struct RoleClaim<'a> {
+    state: Option<&'a role::RoleState>,
+    marker: &'a str,
+    admin: &'a str,
+    /// role.passwordSecretRef is set: whoever wrote it knows the role's password.
+    password_given: bool,
+    /// This connection's own Secret already holds a generated password.
+    stored_password: bool,
+}
+
+impl RoleClaim<'_> {
+    /// Ok(true) when the role is (or will be) this connection's own: created by it, or
+    /// created before with the password its Secret holds. Ok(false) for a role adopted
+    /// through passwordSecretRef. An error for roles dbconn must not touch. Pure.
+    fn check(&self, name: &str) -> Result<bool, Error> {
+        if name.starts_with("pg_") || name == self.admin {
+            return Err(Error::RoleNotAllowed(format!(
+                "role {name:?} is reserved (pg_*) or the admin itself"
+            )));
+        }
+        let Some(state) = self.state else {
+            return Ok(true);
+        };
+        if state.privileged {
+            return Err(Error::RoleNotAllowed(format!(
+                "role {name:?} has SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS; dbconn manages only plain login roles"
+            )));
+        }
+        if state.comment == self.marker || self.stored_password {
+            return Ok(state.comment == self.marker || !self.password_given);
+        }
+        if self.password_given {
+            return Ok(false);
+        }
+        Err(Error::RoleNotManaged(name.to_owned()))
+    }
+}
+
 /// Publishes an Event about the connection; a failure to publish is logged, not fatal.
 pub(super) async fn publish(
     conn: &DatabaseConnection,
@@ -548,4 +621,56 @@ pub(super) async fn announce(conn: &DatabaseConnection, ctx: &Context, ready: &C
         EventType::Warning
     };
     publish(conn, ctx, type_, &ready.reason, ready.message.clone()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(privileged: bool, comment: &str) -> role::RoleState {
+        role::RoleState {
+            can_login: true,
+            connection_limit: -1,
+            privileged,
+            comment: comment.to_owned(),
+        }
+    }
+
+    fn claim<'a>(s: Option<&'a role::RoleState>, given: bool, stored: bool) -> RoleClaim<'a> {
+        RoleClaim {
+            state: s,
+            marker: "mine",
+            admin: "postgres",
+            password_given: given,
+            stored_password: stored,
+        }
+    }
+
+    #[test]
+    fn only_roles_this_connection_made_are_its_own() {
+        assert!(claim(None, false, false).check("app").unwrap());
+        let mine = state(false, "mine");
+        assert!(claim(Some(&mine), false, false).check("app").unwrap());
+        // Someone else's role: refused, unless its password is given (then adopted, not owned).
+        let theirs = state(false, "managed by dbconn for DatabaseConnection other");
+        assert!(matches!(
+            claim(Some(&theirs), false, false).check("app"),
+            Err(Error::RoleNotManaged(_))
+        ));
+        assert!(!claim(Some(&theirs), true, false).check("app").unwrap());
+        // Made before roles were marked, with the password this connection's Secret holds.
+        let unmarked = state(false, "");
+        assert!(claim(Some(&unmarked), false, true).check("app").unwrap());
+    }
+
+    #[test]
+    fn privileged_reserved_and_admin_roles_are_never_managed() {
+        let su = state(true, "mine");
+        for (name, s) in [("app", Some(&su)), ("pg_monitor", None), ("postgres", None)] {
+            assert!(matches!(
+                claim(s, true, true).check(name),
+                Err(Error::RoleNotAllowed(_))
+            ));
+        }
+    }
 }

@@ -147,6 +147,16 @@ pub fn render(
             data.insert("PGSSLKEY".to_owned(), KEY_MOUNT_PATH.to_owned());
         }
     }
+    if let Some(key) = templates
+        .keys()
+        .find(|k| data.contains_key(*k) || *k == "direct-uri")
+    {
+        return Err(TemplateError {
+            key: key.clone(),
+            message: "a template cannot replace one of dbconn's own keys; choose another name"
+                .into(),
+        });
+    }
     if !templates.is_empty() {
         let ctx = minijinja::context! {
             uri => data["uri"].clone(), direct_uri => direct, jdbc_uri => data["jdbc-uri"].clone(),
@@ -275,6 +285,8 @@ mod tests {
         let bad = BTreeMap::from([("X".to_owned(), "{{ nope }}".to_owned())]);
         let err = render(&fields("pw"), &bad).unwrap_err();
         assert_eq!(err.key, "X");
+        let clash = BTreeMap::from([("password".to_owned(), "{{ uri }}".to_owned())]);
+        assert_eq!(render(&fields("pw"), &clash).unwrap_err().key, "password");
     }
 
     #[test]

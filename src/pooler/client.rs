@@ -19,6 +19,7 @@ use super::pool::{Lease, Pool, PoolError};
 use super::server::{ServerConn, ServerError, read_message};
 use crate::pgwire::frame::{self, Startup, body};
 use crate::pgwire::messages::{self, IDLE, auth};
+use crate::pgwire::tracker::Tracker;
 use crate::pgwire::{WireError, scram};
 use crate::postgres::quote::{Ident, literal};
 
@@ -34,6 +35,9 @@ const REPORTED: [&str; 5] = [
     "IntervalStyle",
     "TimeZone",
 ];
+
+/// How long a client has to finish its startup and authentication.
+const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why a client session ended early.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +65,11 @@ pub async fn serve(mut socket: TcpStream, pool: Arc<Pool>, shutdown: watch::Rece
     let _ = socket.set_nodelay(true);
     pool.metrics.clients_active.inc();
     let mut buf = BytesMut::with_capacity(8192);
-    let outcome = match startup(&mut socket, &mut buf, &pool).await {
+    // A client that never finishes its startup must not hold a max_clients slot for ever.
+    let started = tokio::time::timeout(STARTUP_TIMEOUT, startup(&mut socket, &mut buf, &pool))
+        .await
+        .unwrap_or_else(|_| Err(fatal("08006", "the startup exchange timed out")));
+    let outcome = match started {
         Ok(settings) => {
             Session::new(socket, buf, pool.clone(), settings, shutdown)
                 .run()
@@ -144,7 +152,7 @@ async fn read_auth_message(
 async fn startup(
     socket: &mut TcpStream,
     buf: &mut BytesMut,
-    pool: &Pool,
+    pool: &Arc<Pool>,
 ) -> Result<BTreeMap<String, String>, ClientError> {
     let params = loop {
         match frame::startup(buf)? {
@@ -185,11 +193,23 @@ async fn startup(
     }
     authenticate(socket, buf, pool, user).await?;
 
-    let settings: BTreeMap<String, String> = params
+    let mut settings: BTreeMap<String, String> = params
         .iter()
         .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_."))
         .cloned()
         .collect();
+    if let Some(options) = get("options") {
+        settings.extend(parse_options(options).map_err(|m| fatal("22023", m))?);
+    }
+    // The first client before any server login: learn the server's parameters now, so the
+    // client is told server_version, standard_conforming_strings and the rest.
+    if pool.server_params().is_empty() {
+        let lease = pool
+            .checkout()
+            .await
+            .map_err(|e| fatal("57P03", format!("cannot reach the server yet: {e}")))?;
+        lease.release();
+    }
     let mut out = Vec::with_capacity(512);
     messages::authentication(&mut out, auth::OK, &[]);
     let mut shown = pool.server_params();
@@ -289,16 +309,17 @@ async fn authenticate(
     }
 }
 
+/// A server connection bound to this client, and what it still owes.
+struct Bound {
+    lease: Lease,
+    tracker: Tracker,
+}
+
 /// Where a client session stands.
 enum State {
     /// No server connection: between transactions (transaction mode) or before the first.
     Idle,
-    /// A server connection is bound; `pending` Query/Sync messages await ReadyForQuery.
-    Bound {
-        lease: Box<Lease>,
-        pending: usize,
-        status: u8,
-    },
+    Bound(Box<Bound>),
 }
 
 struct Session {
@@ -312,6 +333,27 @@ struct Session {
 }
 
 type Ended = Result<(), (TcpStream, ClientError)>;
+
+/// Forwards the complete server messages in `buf` to the client in one write, feeding the
+/// tracker. Server messages are bounded only by the server.
+async fn drain_server(
+    buf: &mut BytesMut,
+    tracker: &mut Tracker,
+    client: &mut TcpStream,
+) -> Result<(), ClientError> {
+    let mut end = 0;
+    while let Some((tag, n)) = frame::frame(&buf[end..], usize::MAX >> 1)
+        .map_err(|_| fatal("08P01", "the server sent a malformed message"))?
+    {
+        tracker.server(tag, buf.get(end + 5).copied().unwrap_or(IDLE));
+        end += n;
+    }
+    if end > 0 {
+        client.write_all(&buf[..end]).await?;
+        buf.advance(end);
+    }
+    Ok(())
+}
 
 impl Session {
     fn new(
@@ -342,13 +384,23 @@ impl Session {
         }
     }
 
+    /// Whether a shutdown may end this session now: no server connection, or (session mode)
+    /// one that is between statements.
+    fn interruptible(&self) -> bool {
+        match &self.state {
+            State::Idle => true,
+            State::Bound(b) => self.pool.settings.mode == Mode::Session && b.tracker.quiet(),
+        }
+    }
+
     async fn serve(&mut self) -> Result<(), ClientError> {
         // Messages pipelined behind the startup packet are already here.
         if !self.buf.is_empty() && self.forward_client().await? {
             return Ok(());
         }
         loop {
-            let bound = matches!(self.state, State::Bound { .. });
+            let bound = matches!(self.state, State::Bound(_));
+            let interruptible = self.interruptible();
             tokio::select! {
                 read = async {
                     self.buf.reserve(8192);
@@ -363,8 +415,8 @@ impl Session {
                 }
                 read = async {
                     match &mut self.state {
-                        State::Bound { lease, .. } => {
-                            let c = lease.conn();
+                        State::Bound(b) => {
+                            let c = b.lease.conn();
                             c.buf.reserve(16 * 1024);
                             c.stream.read_buf(&mut c.buf).await
                         }
@@ -378,7 +430,7 @@ impl Session {
                     self.pool.metrics.bytes_from_server.inc_by(n as u64);
                     self.forward_server().await?;
                 }
-                _ = self.shutdown.changed(), if !bound => {
+                _ = self.shutdown.changed(), if interruptible => {
                     return Err(fatal("57P01", "the pooler is shutting down"));
                 }
             }
@@ -388,7 +440,7 @@ impl Session {
     /// Forwards the complete client messages in the buffer; true when the client said goodbye.
     async fn forward_client(&mut self) -> Result<bool, ClientError> {
         let mut end = 0;
-        let mut syncs = 0;
+        let mut tags = Vec::new();
         let mut terminate = false;
         while let Some((tag, n)) = frame::frame(&self.buf[end..], self.limit)? {
             match tag {
@@ -396,32 +448,59 @@ impl Session {
                     terminate = true;
                     break;
                 }
-                b'Q' | b'S' => syncs += 1,
                 // Startup-phase and server-only tags have no business here.
                 b'p' | b'R' | b'Z' | b'T' | b'K' => {
                     return Err(
                         WireError::Malformed("unexpected message type from a client").into(),
                     );
                 }
-                _ => {}
+                _ => tags.push(tag),
             }
             end += n;
         }
-        if end > 0 {
-            self.pool.metrics.bytes_from_clients.inc_by(end as u64);
-            self.pool.metrics.queries.inc_by(syncs);
-            if matches!(self.state, State::Idle) {
-                self.bind().await?;
-            }
-            if let State::Bound { lease, pending, .. } = &mut self.state {
-                *pending += usize::try_from(syncs).unwrap_or(usize::MAX);
-                let write = lease.conn().stream.write_all(&self.buf[..end]).await;
-                if write.is_err() {
-                    return Err(self.server_lost());
-                }
-            }
-            self.buf.advance(end);
+        if end == 0 {
+            return Ok(terminate);
         }
+        self.pool.metrics.bytes_from_clients.inc_by(end as u64);
+        let syncs = tags.iter().filter(|t| matches!(t, b'Q' | b'S')).count();
+        self.pool.metrics.queries.inc_by(syncs as u64);
+        if matches!(self.state, State::Idle) {
+            self.bind().await?;
+        }
+        let State::Bound(b) = &mut self.state else {
+            return Ok(terminate);
+        };
+        for tag in tags {
+            b.tracker.client(tag);
+        }
+        // Write to the server while still passing its answers on, so a long pipeline that
+        // fills both directions' socket buffers cannot deadlock.
+        let conn = b.lease.conn();
+        let (mut rd, mut wr) = tokio::io::split(&mut conn.stream);
+        let mut written = 0;
+        let mut lost = false;
+        while written < end {
+            tokio::select! {
+                n = wr.write(&self.buf[written..end]) => match n {
+                    Ok(0) | Err(_) => { lost = true; break; }
+                    Ok(n) => written += n,
+                },
+                n = async {
+                    conn.buf.reserve(16 * 1024);
+                    rd.read_buf(&mut conn.buf).await
+                } => match n {
+                    Ok(0) | Err(_) => { lost = true; break; }
+                    Ok(n) => {
+                        self.pool.metrics.bytes_from_server.inc_by(n as u64);
+                        drain_server(&mut conn.buf, &mut b.tracker, &mut self.socket).await?;
+                    }
+                },
+            }
+        }
+        if lost {
+            return Err(self.server_lost());
+        }
+        self.buf.advance(end);
         Ok(terminate)
     }
 
@@ -447,47 +526,26 @@ impl Session {
             lease.conn().applied = self.settings.clone();
         }
         self.pool.metrics.transactions.inc();
-        self.state = State::Bound {
-            lease: Box::new(lease),
-            pending: 0,
-            status: IDLE,
-        };
+        self.state = State::Bound(Box::new(Bound {
+            lease,
+            tracker: Tracker::default(),
+        }));
         Ok(())
     }
 
-    /// Forwards the complete server messages in the server buffer; releases the server
-    /// connection when the transaction is over.
+    /// Forwards what the server sent; releases the connection when the transaction is over.
     async fn forward_server(&mut self) -> Result<(), ClientError> {
-        let State::Bound {
-            lease,
-            pending,
-            status,
-        } = &mut self.state
-        else {
+        let State::Bound(b) = &mut self.state else {
             return Ok(());
         };
-        let c = lease.conn();
-        let mut end = 0;
-        // Server messages may be large (rows); they are bounded only by the server.
-        while let Some((tag, n)) = frame::frame(&c.buf[end..], usize::MAX >> 1)
-            .map_err(|_| fatal("08P01", "the server sent a malformed message"))?
-        {
-            if tag == b'Z' {
-                *pending = pending.saturating_sub(1);
-                *status = c.buf.get(end + 5).copied().unwrap_or(IDLE);
-            }
-            end += n;
-        }
-        if end > 0 {
-            self.socket.write_all(&c.buf[..end]).await?;
-            c.buf.advance(end);
-        }
-        let done = *pending == 0 && *status == IDLE && c.buf.is_empty();
+        let conn = b.lease.conn();
+        drain_server(&mut conn.buf, &mut b.tracker, &mut self.socket).await?;
+        let done = b.tracker.idle() && conn.buf.is_empty();
         if done
             && self.pool.settings.mode == Mode::Transaction
-            && let State::Bound { lease, .. } = std::mem::replace(&mut self.state, State::Idle)
+            && let State::Bound(b) = std::mem::replace(&mut self.state, State::Idle)
         {
-            lease.release();
+            b.lease.release();
         }
         Ok(())
     }
@@ -500,30 +558,65 @@ impl Session {
     }
 
     /// At the end of a session: a clean server connection goes back (reset in session
-    /// mode); one in a transaction is closed.
+    /// mode); one in a transaction or mid-statement is closed, never reused dirty.
     async fn finish(&mut self) {
-        let State::Bound {
-            mut lease,
-            pending,
-            status,
-        } = std::mem::replace(&mut self.state, State::Idle)
-        else {
+        let State::Bound(mut b) = std::mem::replace(&mut self.state, State::Idle) else {
             return;
         };
-        if pending != 0 || status != IDLE || !lease.conn().buf.is_empty() {
-            return; // dropped: closed, never reused dirty
+        if !b.tracker.idle() || !b.lease.conn().buf.is_empty() {
+            return;
         }
         if self.pool.settings.mode == Mode::Session {
-            if apply(lease.conn(), "DISCARD ALL", self.limit)
+            if apply(b.lease.conn(), "DISCARD ALL", self.limit)
                 .await
                 .is_err()
             {
                 return;
             }
-            lease.conn().applied.clear();
+            b.lease.conn().applied.clear();
         }
-        lease.release();
+        b.lease.release();
     }
+}
+
+/// The `-c name=value` (or `--name=value`) settings of the startup `options` parameter,
+/// with libpq's backslash escapes. Pure.
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next().ok_or("options: -c without a setting")?
+        } else if let Some(s) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
+            s.to_owned()
+        } else {
+            return Err(format!(
+                "options: {w:?} is not supported; use -c name=value"
+            ));
+        };
+        let (k, v) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("options: {setting:?} is not name=value"))?;
+        out.push((k.replace('-', "_"), v.to_owned()));
+    }
+    Ok(out)
 }
 
 /// The SET/RESET statements that give `conn` this client's settings; `None` when it has them.
@@ -577,6 +670,23 @@ async fn apply(conn: &mut ServerConn, sql: &str, limit: usize) -> Result<(), Ser
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn startup_options_become_settings() {
+        assert_eq!(
+            parse_options("-c search_path=app\\,\\ public --statement-timeout=5s").unwrap(),
+            vec![
+                ("search_path".to_owned(), "app, public".to_owned()),
+                ("statement_timeout".to_owned(), "5s".to_owned())
+            ]
+        );
+        assert_eq!(
+            parse_options("-c work_mem=4MB").unwrap(),
+            vec![("work_mem".to_owned(), "4MB".to_owned())]
+        );
+        assert!(parse_options("-x").is_err());
+        assert!(parse_options("-c novalue").is_err());
+    }
 
     #[test]
     fn settings_are_set_and_reset_with_quoted_names_and_values() {

@@ -63,7 +63,15 @@ pub async fn run(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((socket, _)) = accepted else { continue };
+                let socket = match accepted {
+                    Ok((socket, _)) => socket,
+                    Err(e) => {
+                        // Out of file descriptors, say: do not spin.
+                        tracing::warn!(error = %e, "accepting a client");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let pool = pool.clone();
                 let stopping = stopping.clone();
                 match max_clients.clone().try_acquire_owned() {

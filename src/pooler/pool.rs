@@ -97,7 +97,6 @@ impl Pool {
     fn fresh(&self, c: &ServerConn, generation: u64, now: Instant) -> bool {
         c.generation == generation
             && now.duration_since(c.created) < self.settings.server_lifetime
-            && now.duration_since(c.idle_since) < self.settings.server_idle_timeout
             && c.alive()
     }
 

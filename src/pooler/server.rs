@@ -284,6 +284,8 @@ async fn login(
     );
     conn.stream.write_all(&out).await?;
     let mut scram: Option<ScramSha256> = None;
+    // A SCRAM exchange proves the server too; it must finish before AuthenticationOk.
+    let mut scram_done = false;
     loop {
         let (tag, msg) = read_message(conn, STARTUP_LIMIT).await?;
         let b = body(&msg);
@@ -292,6 +294,11 @@ async fn login(
             b'R' => {
                 let (code, data) = messages::parse_authentication(b)?;
                 match code {
+                    auth::OK if scram.is_some() && !scram_done => {
+                        return Err(ServerError::Scram(
+                            "the server skipped SCRAM's final message".into(),
+                        ));
+                    }
                     auth::OK => {}
                     auth::CLEARTEXT => messages::password(&mut out, &u.password),
                     auth::MD5 => {
@@ -330,6 +337,7 @@ async fn login(
                             .ok_or(WireError::Malformed("SASL out of order"))?;
                         s.finish(data)
                             .map_err(|e| ServerError::Scram(e.to_string()))?;
+                        scram_done = true;
                     }
                     other => return Err(ServerError::AuthMethod(other)),
                 }

@@ -138,8 +138,10 @@ async fn open(ep: &Endpoint, wire: Wire) -> Result<Session, ConnectError> {
         .user(&ep.user)
         .application_name(&ep.application_name)
         .connect_timeout(ep.connect_timeout)
+        // A fixed search_path: function signatures read from the catalog (regprocedure
+        // text) then name the same functions in every session.
         .options(format!(
-            "-c statement_timeout={}",
+            "-c statement_timeout={} -c search_path=pg_catalog",
             ep.statement_timeout.as_millis()
         ));
     if let Some(password) = &ep.password {

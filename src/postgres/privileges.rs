@@ -76,6 +76,9 @@ pub struct Catalog {
     pub sequences: BTreeMap<String, BTreeSet<String>>,
     /// schema → (name, regprocedure text).
     pub functions: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// Owners of tables, views and sequences by (schema, name), and of functions by
+    /// (schema, regprocedure text): a role needs no grant on what it owns.
+    pub owners: BTreeMap<(String, String), String>,
 }
 
 const TABLE_ALL: [&str; 7] = [
@@ -193,6 +196,20 @@ pub fn desired(spec: &DatabaseConnectionSpec, catalog: &Catalog) -> Result<Desir
     for g in &spec.grants {
         grant(&mut add, &mut absent, catalog, &db, &owner, g)?;
     }
+    // What the role owns (tables it created with access: owner) needs no grant, and its
+    // ACL is not read back: leaving it in would re-grant on every reconcile.
+    let role = spec.role.name.as_str();
+    let owned = |schema: &Ident, name: &str| {
+        catalog
+            .owners
+            .get(&(schema.as_str().to_owned(), name.to_owned()))
+            .is_some_and(|o| o == role)
+    };
+    out.retain(|p| match &p.object {
+        Object::Table(s, t) | Object::Sequence(s, t) => !owned(s, t.as_str()),
+        Object::Function(s, _, signature) => !owned(s, signature),
+        _ => true,
+    });
     Ok(Desired {
         privileges: out,
         absent,
@@ -395,7 +412,7 @@ pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> 
     };
     let rows = client
         .query(
-            "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c \
+            "SELECT n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') \
              AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'",
@@ -404,6 +421,7 @@ pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> 
         .await?;
     for r in rows {
         let (schema, name, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        c.owners.insert((schema.clone(), name.clone()), r.get(3));
         let map = if kind == "S" {
             &mut c.sequences
         } else {
@@ -413,7 +431,7 @@ pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> 
     }
     let rows = client
         .query(
-            "SELECT n.nspname::text, p.proname::text, p.oid::regprocedure::text FROM pg_proc p \
+            "SELECT n.nspname::text, p.proname::text, p.oid::regprocedure::text, pg_get_userbyid(p.proowner)::text FROM pg_proc p \
              JOIN pg_namespace n ON n.oid = p.pronamespace \
              WHERE p.prokind IN ('f', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
              AND n.nspname NOT LIKE 'pg\\_%'",
@@ -421,6 +439,7 @@ pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> 
         )
         .await?;
     for r in rows {
+        c.owners.insert((r.get(0), r.get(2)), r.get(3));
         c.functions
             .entry(r.get(0))
             .or_default()

@@ -10,6 +10,10 @@ use super::quote::{Ident, literal};
 pub struct RoleState {
     pub can_login: bool,
     pub connection_limit: i32,
+    /// SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS: never managed by dbconn.
+    pub privileged: bool,
+    /// The role's comment; dbconn marks the roles it creates with `marker()`.
+    pub comment: String,
 }
 
 /// Reads a role's attributes; `None` when it does not exist.
@@ -19,14 +23,27 @@ pub async fn inspect(
 ) -> Result<Option<RoleState>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname = $1",
+            "SELECT rolcanlogin, rolconnlimit, rolsuper OR rolcreaterole OR rolreplication OR rolbypassrls, \
+             coalesce(shobj_description(oid, 'pg_authid'), '') FROM pg_roles WHERE rolname = $1",
             &[&name],
         )
         .await?;
     Ok(row.map(|r| RoleState {
         can_login: r.get(0),
         connection_limit: r.get(1),
+        privileged: r.get(2),
+        comment: r.get(3),
     }))
+}
+
+/// The comment that marks a role as created by one DatabaseConnection (by its UID): only
+/// such a role gets its password reset or is dropped by deletionPolicy Delete.
+pub fn marker(uid: &str) -> String {
+    format!("managed by dbconn for DatabaseConnection {uid}")
+}
+
+pub fn mark_sql(role: &Ident, marker: &str) -> String {
+    format!("COMMENT ON ROLE {role} IS {}", literal(marker))
 }
 
 /// What to run so the role exists with LOGIN and its connection limit. Pure. A new role
@@ -64,6 +81,9 @@ pub struct DropPlan {
     pub terminate_sessions: &'static str,
     /// Databases (by name) where the role owns objects or holds privileges; `$1` is the role name.
     pub databases_with_objects: &'static str,
+    /// Whether the admin can act as the role (`$1`); if not, `become_member` first.
+    pub is_member: &'static str,
+    pub become_member: String,
     /// Run in each of those databases, and in the connection's own.
     pub disown: String,
     pub drop: String,
@@ -79,6 +99,8 @@ pub fn drop_plan(role: &Ident) -> DropPlan {
                                  WHERE s.refclassid = 'pg_authid'::regclass \
                                  AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1) \
                                  AND d.datallowconn",
+        is_member: "SELECT pg_has_role(current_user, $1, 'USAGE')",
+        become_member: format!("GRANT {role} TO CURRENT_USER"),
         disown: format!("REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}"),
         drop: format!("DROP ROLE IF EXISTS {role}"),
     }
@@ -124,11 +146,15 @@ mod tests {
         let same = RoleState {
             can_login: true,
             connection_limit: -1,
+            privileged: false,
+            comment: String::new(),
         };
         assert_eq!(ensure_sql(&role, -1, Some(&same), "v"), None);
         let nologin = RoleState {
             can_login: false,
             connection_limit: -1,
+            privileged: false,
+            comment: String::new(),
         };
         assert_eq!(
             ensure_sql(&role, 5, Some(&nologin), "v").as_deref(),

@@ -180,3 +180,21 @@ fn sql_quotes_every_name() {
         "ALTER DEFAULT PRIVILEGES FOR ROLE \"admin\" IN SCHEMA \"public\" GRANT SELECT ON TABLES TO \"App \"\"Role\"\"\""
     );
 }
+
+#[test]
+fn what_the_role_owns_needs_no_grant() {
+    let mut c = catalog();
+    c.owners
+        .insert(("public".into(), "orders".into()), "app".into());
+    c.owners
+        .insert(("public".into(), "total(integer)".into()), "app".into());
+    c.owners
+        .insert(("public".into(), "Line Items".into()), "admin".into());
+    let d = render(&desired(&spec(Access::Owner, vec![]), &c).expect("desired"));
+    assert!(!d.iter().any(|p| p.contains("\"orders\"")), "{d:?}");
+    assert!(!d.iter().any(|p| p.contains("total(integer)")), "{d:?}");
+    assert!(
+        d.contains("SELECT on TABLE \"public\".\"Line Items\""),
+        "{d:?}"
+    );
+}

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# make bench-pooler: dbconn pooler vs PgBouncer vs direct PostgreSQL, side by side in one run
+# on a fresh test bed (run through scripts/with-bed.sh, which exports DATABASE_URL,
+# PGSSLROOTCERT and DBCONN_BED). Same pool size and transaction mode for both poolers; pgbench
+# select-only (-S) with -M simple and -M extended at 10 and 100 clients, and -C (a new
+# connection per transaction); once with a plain upstream and once with verify-full TLS
+# upstream. Prints tps, mean latency, pooler CPU µs per transaction (from /proc) and ratios.
+# Nothing here is asserted: these machines are shared and noisy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_ROW="${BENCH_SECONDS:-8}"
+POOL_SIZE="${BENCH_POOL_SIZE:-5}"
+work="$DBCONN_BED/bench-pooler"
+mkdir -p "$work"
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+port=$(sed -E 's|.*:([0-9]+)/.*|\1|' <<<"${DATABASE_URL%%\?*}")
+superuser_url="${DATABASE_URL}"
+clk_tck=$(getconf CLK_TCK)
+
+cargo build -q --release --locked --bin dbconn
+dbconn=target/release/dbconn
+
+password="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+psql -X -q "$superuser_url" -c "DROP DATABASE IF EXISTS bench" -c "DROP ROLE IF EXISTS bench" \
+  -c "CREATE ROLE bench LOGIN PASSWORD '$password'" -c "CREATE DATABASE bench OWNER bench"
+PGPASSWORD="$password" "$pgbin/pgbench" -q -i -s 10 -h 127.0.0.1 -p "$port" -U bench bench >/dev/null 2>&1
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# $1 = plain|tls; sets PORT and PID of a new dbconn pooler.
+start_dbconn() {
+  local dir="$work/dbconn-$1" p h
+  mkdir -p "$dir"
+  printf %s bench >"$dir/dbname"; printf %s bench >"$dir/username"; printf %s "$password" >"$dir/password"
+  printf %s "$port" >"$dir/port"
+  if [ "$1" = tls ]; then
+    printf localhost >"$dir/host"; printf verify-full >"$dir/sslmode"; cp "$PGSSLROOTCERT" "$dir/ca.crt"
+  else
+    printf 127.0.0.1 >"$dir/host"; printf disable >"$dir/sslmode"; rm -f "$dir/ca.crt"
+  fi
+  p=$(free_port); h=$(free_port)
+  RUST_LOG=warn "$dbconn" pooler --secret-dir "$dir" --listen "127.0.0.1:$p" --http-addr "127.0.0.1:$h" \
+    --pool-size "$POOL_SIZE" --min-idle "$POOL_SIZE" --max-clients 1000 >"$work/dbconn-$1.log" 2>&1 &
+  pids+=($!)
+  PID=$!; PORT=$p
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$h/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+}
+
+# $1 = plain|tls; sets PORT and PID of a new PgBouncer.
+start_pgbouncer() {
+  local dir="$work/pgbouncer-$1" p
+  mkdir -p "$dir"
+  p=$(free_port)
+  printf '"bench" "%s"\n' "$password" >"$dir/userlist.txt"
+  local host=127.0.0.1 tls=""
+  if [ "$1" = tls ]; then
+    host=localhost
+    tls="server_tls_sslmode = verify-full
+server_tls_ca_file = $PGSSLROOTCERT"
+  fi
+  cat >"$dir/pgbouncer.ini" <<EOF
+[databases]
+bench = host=$host port=$port dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $p
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+min_pool_size = $POOL_SIZE
+max_client_conn = 1000
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+$tls
+EOF
+  # PgBouncer refuses to run as root; use the postgres user when we are root.
+  if [ "$(id -u)" = 0 ]; then
+    chown -R postgres "$dir"
+    runuser -u postgres -- pgbouncer "$dir/pgbouncer.ini" >/dev/null 2>&1 &
+  else
+    pgbouncer "$dir/pgbouncer.ini" >/dev/null 2>&1 &
+  fi
+  for _ in $(seq 100); do [ -s "$dir/pgbouncer.pid" ] && break; sleep 0.1; done
+  sleep 0.3
+  PID=$(cat "$dir/pgbouncer.pid"); PORT=$p
+  pids+=("$PID")
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# run TARGET_PORT SSLMODE PID ARGS... → "tps latency_ms cpu_us_per_tx"
+run() {
+  local p=$1 mode=$2 pid=$3; shift 3
+  local before after out tps lat tx
+  before=$( [ "$pid" = - ] && echo 0 || cpu_ticks "$pid")
+  out=$(PGPASSWORD="$password" PGSSLMODE="$mode" PGSSLROOTCERT="$PGSSLROOTCERT" \
+    "$pgbin/pgbench" -n -S -T "$SECONDS_PER_ROW" -j 2 -h "$([ "$mode" = verify-full ] && echo localhost || echo 127.0.0.1)" \
+    -p "$p" -U bench "$@" bench 2>&1) || { echo "failed - -"; echo "$out" >&2; return; }
+  after=$( [ "$pid" = - ] && echo 0 || cpu_ticks "$pid")
+  tps=$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' <<<"$out" | head -1)
+  lat=$(sed -nE 's/^latency average = ([0-9.]+) ms/\1/p' <<<"$out")
+  tx=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
+  local cpu=-
+  if [ "$pid" != - ] && [ "${tx:-0}" -gt 0 ]; then
+    cpu=$(awk -v t="$((after - before))" -v hz="$clk_tck" -v n="$tx" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  fi
+  echo "${tps:-0} ${lat:-0} $cpu"
+}
+
+printf '\n%-7s %-22s %12s %10s %10s %12s %10s %10s %10s %10s\n' upstream workload direct_tps pgb_tps dbconn_tps dbconn/pgb dbconn/dir pgb_cpu_us dbc_cpu_us dbc_lat_ms
+printf '%s\n' "$(printf -- '-%.0s' {1..124})"
+for upstream in plain tls; do
+  start_dbconn "$upstream"; dport=$PORT; dpid=$PID
+  start_pgbouncer "$upstream"; bport=$PORT; bpid=$PID
+  direct_mode=disable; [ "$upstream" = tls ] && direct_mode=verify-full
+  for row in "simple 10" "simple 100" "extended 10" "extended 100" "connect 10"; do
+    set -- $row
+    if [ "$1" = connect ]; then args=(-C -c "$2" -M simple); label="-C -c $2"; else args=(-M "$1" -c "$2"); label="-M $1 -c $2"; fi
+    read -r dtps _ _ < <(run "$port" "$direct_mode" - "${args[@]}")
+    read -r btps _ bcpu < <(run "$bport" disable "$bpid" "${args[@]}")
+    read -r ctps clat ccpu < <(run "$dport" disable "$dpid" "${args[@]}")
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+    printf '%-7s %-22s %12.0f %10.0f %10.0f %12s %10s %10s %10s %10s\n' "$upstream" "$label" "$dtps" "$btps" "$ctps" \
+      "$(ratio "$ctps" "$btps")" "$(ratio "$ctps" "$dtps")" "$bcpu" "$ccpu" "$clat"
+  done
+done
+
+# Memory and start-up of the sidecar.
+start_dbconn plain; mport=$PORT; mpid=$PID
+idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$mpid/status")
+PGPASSWORD="$password" "$pgbin/pgbench" -n -S -T 3 -c 100 -j 2 -h 127.0.0.1 -p "$mport" -U bench bench >/dev/null 2>&1 || true
+busy_rss=$(awk '/VmHWM/ {print $2}' "/proc/$mpid/status")
+dir="$work/dbconn-plain"; h=$(free_port); p=$(free_port)
+start_ns=$(date +%s%N)
+RUST_LOG=warn "$dbconn" pooler --secret-dir "$dir" --listen "127.0.0.1:$p" --http-addr "127.0.0.1:$h" >/dev/null 2>&1 &
+pids+=($!)
+until curl -fs "http://127.0.0.1:$h/readyz" >/dev/null 2>&1; do sleep 0.005; done
+ready_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
+printf '\ndbconn pooler: idle RSS %.1f MiB (goal <= 8), peak RSS with 100 clients %.1f MiB (goal <= 32), ready %d ms after start (goal <= 100)\n' \
+  "$(awk -v k="$idle_rss" 'BEGIN { print k / 1024 }')" "$(awk -v k="$busy_rss" 'BEGIN { print k / 1024 }')" "$ready_ms"
+echo "PgBouncer $(pgbouncer --version | head -1 | awk '{print $2}'); pool size $POOL_SIZE, transaction mode; $SECONDS_PER_ROW s per cell; pgbench -S -j 2, scale 10"
