@@ -486,7 +486,10 @@ fn malformed_secrets_are_named_in_the_condition() {
         "bad-url",
         "--type=merge",
         "-p",
-        r#"{"spec":{"role":{"name":"fixed_url_role"},"access":"none","grants":[{"privileges":["CONNECT"]}]}}"#,
+        &format!(
+            r#"{{"spec":{{"role":{{"name":"{}"}},"access":"none","grants":[{{"privileges":["CONNECT"]}}]}}}}"#,
+            unique("fixed_url_role")
+        ),
     ]);
     wait_for("dbconn", &ns, "bad-url", READY, "True", 60);
 }
