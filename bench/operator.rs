@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
@@ -155,44 +155,53 @@ struct Measured {
     settle: Duration,
 }
 
-fn ready_count(list: &[DatabaseConnection]) -> usize {
-    list.iter()
-        .filter(|c| {
-            c.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|x| x.type_ == "Ready" && x.status == "True")
-            })
-        })
-        .count()
+fn is_ready(c: &DatabaseConnection) -> bool {
+    c.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|x| x.type_ == "Ready" && x.status == "True")
+    })
 }
 
-/// Polls until `done(ready)` holds, at most `limit`; returns the time it took.
+/// Follows the connections with a watch (not a list per poll: listing 1,000 objects every
+/// second would load the apiserver the operator shares the machine with) until
+/// `done(ready)` holds, at most `limit`; returns the time it took.
 async fn until(
     conns: &Api<DatabaseConnection>,
     limit: Duration,
     what: &str,
     done: impl Fn(usize) -> bool,
 ) -> anyhow::Result<Duration> {
+    use kube::runtime::{WatchStreamExt, watcher};
     let started = Instant::now();
+    let mut ready = std::collections::BTreeMap::<String, bool>::new();
+    let mut stream = std::pin::pin!(watcher(conns.clone(), watcher::Config::default()).touched_objects());
     let mut last = usize::MAX;
+    let mut synced = false;
     loop {
-        let ready = ready_count(&conns.list(&ListParams::default()).await?.items);
-        if done(ready) {
+        let next = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
+        if let Ok(Some(obj)) = next {
+            let obj = obj?;
+            ready.insert(obj.metadata.name.clone().unwrap_or_default(), is_ready(&obj));
+        }
+        if ready.len() >= COUNT {
+            synced = true;
+        }
+        let n = ready.values().filter(|r| **r).count();
+        if synced && done(n) {
             return Ok(started.elapsed());
         }
-        if ready / 100 != last / 100 {
+        if n / 100 != last / 100 {
             eprintln!(
-                "  {:>5.1}s  {ready} Ready ({what})",
+                "  {:>5.1}s  {n} Ready ({what})",
                 started.elapsed().as_secs_f64()
             );
-            last = ready;
+            last = n;
         }
         anyhow::ensure!(
             started.elapsed() < limit,
-            "{what}: only {ready} of {COUNT} Ready after {limit:?}"
+            "{what}: only {n} of {COUNT} Ready after {limit:?}"
         );
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
