@@ -17,6 +17,15 @@ pub fn jitter(d: Duration, random: u8) -> Duration {
     d.mul_f64(0.9 + 0.2 * f64::from(random) / 255.0)
 }
 
+/// `d` with ±10 % random jitter.
+pub fn spread(d: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    jitter(
+        d,
+        getrandom::fill(&mut byte).map(|_| byte[0]).unwrap_or(128),
+    )
+}
+
 pub struct Backoff {
     base: Duration,
     cap: Duration,
@@ -40,9 +49,7 @@ impl Backoff {
             *n = n.saturating_add(1);
             *n
         };
-        let mut byte = [0u8; 1];
-        let random = getrandom::fill(&mut byte).map(|_| byte[0]).unwrap_or(128);
-        jitter(delay(n, self.base, self.cap), random)
+        spread(delay(n, self.base, self.cap))
     }
 
     /// Forgets `key`'s failures.

@@ -23,7 +23,7 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 pub use error::Error;
@@ -228,12 +228,18 @@ fn routes(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Routes {
 async fn controllers(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let config = controller::Config::default().concurrency(ctx.settings.concurrency);
-    let connections = Controller::new(
+    // Status-only updates (dbconn's own) do not start a reconcile: only what the user
+    // changes (spec, annotations, deletion) does, besides the owned and watched objects.
+    let (store, writer) = reflector::store();
+    let changes = watcher(
         Api::<DatabaseConnection>::all(client.clone()),
         watcher::Config::default(),
     )
-    .with_config(config.clone());
-    let store = connections.store();
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(user_change, Default::default());
+    let connections = Controller::for_stream(changes, store.clone()).with_config(config.clone());
     let by_server = store.clone();
     let connections = connections
         .owns(
@@ -285,6 +291,22 @@ async fn controllers(ctx: Arc<Context>) {
     });
     tracing::info!("controllers started");
     futures::join!(connections, servers);
+}
+
+/// What a user can change on a DatabaseConnection: its generation (spec, deletion),
+/// annotations (a nudge) and finalizers.
+fn user_change(c: &DatabaseConnection) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    c.metadata.generation.hash(&mut h);
+    c.metadata.annotations.hash(&mut h);
+    c.metadata.finalizers.hash(&mut h);
+    c.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .hash(&mut h);
+    Some(h.finish())
 }
 
 /// Names of the Secrets a connection reads in its own namespace.

@@ -73,7 +73,10 @@ pub async fn reconcile(conn: Arc<DatabaseConnection>, ctx: Arc<Context>) -> Resu
         announce(&conn, &ctx, &ready).await;
     }
     match outcome {
-        Ok(ready) if ready.ok == Some(true) => Ok(Action::requeue(ctx.settings.revalidate)),
+        // ±10 %: connections created together do not all re-validate in the same second.
+        Ok(ready) if ready.ok == Some(true) => Ok(Action::requeue(super::backoff::spread(
+            ctx.settings.revalidate,
+        ))),
         Ok(_) => Ok(Action::requeue(RECHECK)),
         Err(f) => Err(f.error),
     }
@@ -282,9 +285,19 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
             .then(|| u16::try_from(spec.pooler.port).unwrap_or(6432)),
     };
     let data = render(&fields, &spec.secret.template).map_err(at(SECRET_READY))?;
-    apply_secret(conn, ctx, &ns, &secret_name, data)
-        .await
-        .map_err(at(SECRET_READY))?;
+    // Applied only when it differs: every apply costs the apiserver, also when a no-op.
+    let current = existing.as_ref().and_then(|s| s.data.as_ref());
+    let same = current.is_some_and(|c| {
+        c.len() == data.len()
+            && data
+                .iter()
+                .all(|(k, v)| c.get(k).is_some_and(|b| b.0 == v.as_bytes()))
+    });
+    if !same {
+        apply_secret(conn, ctx, &ns, &secret_name, data)
+            .await
+            .map_err(at(SECRET_READY))?;
+    }
     r.secret_name = Some(secret_name.clone());
     r.done.push(Cond::ok(
         SECRET_READY,
@@ -497,6 +510,9 @@ async fn publish_status(
         secret_name: r.secret_name,
         privileges: r.privileges,
     };
+    if conn.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
     patch_status(conn, ctx, &status).await
 }
 
