@@ -64,6 +64,9 @@ pub struct Context {
     /// process: a later reconcile with both unchanged that still has to change privileges
     /// found drift (new tables matched by `*` change the set, so they are not drift).
     converged: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
+    /// Servers that did not answer within the connect time-out, until when they are not
+    /// tried again: a dead server must not hold every reconcile slot for its time-out.
+    silent: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -75,6 +78,43 @@ impl Context {
         map.insert(key(obj), state) == Some(state)
     }
 
+    /// Connects through `attempt`, unless `server` timed out recently: then fails at once
+    /// with that time-out. A time-out keeps the server out for `SILENT_FOR`.
+    async fn guarded<T>(
+        &self,
+        server: &str,
+        attempt: impl Future<Output = Result<T, crate::postgres::ConnectError>>,
+    ) -> Result<T, crate::postgres::ConnectError> {
+        use crate::postgres::ConnectError;
+        let now = Instant::now();
+        let until = self
+            .silent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(server)
+            .copied();
+        if let Some(until) = until.filter(|u| *u > now) {
+            return Err(ConnectError::Timeout(
+                format!(
+                    "{server} (not tried again for {}s after it timed out)",
+                    (until - now).as_secs()
+                ),
+                SILENT_FOR,
+            ));
+        }
+        let result = attempt.await;
+        let mut silent = self.silent.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Err(ConnectError::Timeout(..)) => {
+                silent.insert(server.to_owned(), Instant::now() + SILENT_FOR);
+            }
+            _ => {
+                silent.remove(server);
+            }
+        }
+        result
+    }
+
     fn forget<K: Resource<DynamicType = ()>>(&self, obj: &K) {
         self.converged
             .lock()
@@ -82,6 +122,9 @@ impl Context {
             .remove(&key(obj));
     }
 }
+
+/// How long a server that timed out is not tried again.
+const SILENT_FOR: Duration = Duration::from_secs(20);
 
 fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     ObjectRef::from_obj(obj).to_string()
@@ -166,6 +209,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         backoff: Backoff::new(Duration::from_secs(1), settings.max_backoff),
         metrics: Metrics::default(),
         converged: Default::default(),
+        silent: Default::default(),
         settings,
     });
     let ready = Arc::new(AtomicBool::new(false));

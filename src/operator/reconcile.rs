@@ -121,8 +121,8 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
 
     let (app, desired) = match &resolved.admin {
         Some((user, admin_password)) => {
-            let mut admin = resolved
-                .login(user, admin_password)
+            let mut admin = ctx
+                .guarded(&resolved.label, resolved.login(user, admin_password))
                 .await
                 .map_err(at(SERVER_REACHABLE))?;
             r.version = server_version(&admin.client).await;
