@@ -61,19 +61,6 @@ pub enum Error {
     Random(String),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
-}
-
-impl From<kube::runtime::finalizer::Error<Error>> for Error {
-    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
-        use kube::runtime::finalizer::Error as F;
-        match e {
-            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
-            F::AddFinalizer(e) | F::RemoveFinalizer(e) => Error::Kube(e),
-            other => Error::Finalizer(other.to_string()),
-        }
-    }
 }
 
 impl Error {
@@ -98,7 +85,6 @@ impl Error {
             Error::Random(_) => "PasswordGenerationFailed",
             Error::SecretConflict(_) => "SecretConflict",
             Error::Kube(_) => "KubernetesAPIError",
-            Error::Finalizer(_) => "FinalizerFailed",
         }
     }
 

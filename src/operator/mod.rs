@@ -21,7 +21,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -167,23 +166,53 @@ async fn reconcile_connection(
     conn: Arc<DatabaseConnection>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let api = Api::<DatabaseConnection>::namespaced(
-        ctx.client.clone(),
-        &conn.namespace().unwrap_or_default(),
-    );
-    let work = finalizer(&api, cleanup::FINALIZER, conn.clone(), |event| async {
-        match event {
-            finalizer::Event::Apply(c) => reconcile::reconcile(c, ctx.clone()).await,
-            finalizer::Event::Cleanup(c) => {
-                ctx.forget(&*c);
-                cleanup::cleanup(c, ctx.clone()).await
+    let work = async {
+        let has = conn.finalizers().iter().any(|f| f == cleanup::FINALIZER);
+        match (conn.metadata.deletion_timestamp.is_some(), has) {
+            (true, true) => {
+                ctx.forget(&*conn);
+                let action = cleanup::cleanup(conn.clone(), ctx.clone()).await?;
+                set_finalizer(&ctx, &conn, false).await?;
+                Ok(action)
+            }
+            (true, false) => Ok(Action::await_change()),
+            (false, has) => {
+                // Added in the same pass that does the work: one reconcile per change.
+                if !has {
+                    set_finalizer(&ctx, &conn, true).await?;
+                }
+                reconcile::reconcile(conn.clone(), ctx.clone()).await
             }
         }
+    };
+    measured("DatabaseConnection", &*conn, &ctx, work).await
+}
+
+/// Adds or removes dbconn's finalizer, guarded by the resourceVersion it was read at.
+async fn set_finalizer(ctx: &Context, conn: &DatabaseConnection, on: bool) -> Result<(), Error> {
+    let mut finalizers: Vec<String> = conn
+        .finalizers()
+        .iter()
+        .filter(|f| *f != cleanup::FINALIZER)
+        .cloned()
+        .collect();
+    if on {
+        finalizers.push(cleanup::FINALIZER.to_owned());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": conn.resource_version()}
     });
-    measured("DatabaseConnection", &*conn, &ctx, async {
-        work.await.map_err(Error::from)
-    })
-    .await
+    Api::<DatabaseConnection>::namespaced(
+        ctx.client.clone(),
+        &conn.namespace().unwrap_or_default(),
+    )
+    .patch(
+        &conn.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn reconcile_server(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -337,14 +366,13 @@ async fn controllers(ctx: Arc<Context>) {
     futures::join!(connections, servers);
 }
 
-/// What a user can change on a DatabaseConnection: its generation (spec, deletion),
-/// annotations (a nudge) and finalizers.
+/// What a user can change on a DatabaseConnection: its generation (spec, deletion) and
+/// annotations (a nudge). Not its status or finalizers: dbconn writes those itself.
 fn user_change(c: &DatabaseConnection) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     c.metadata.generation.hash(&mut h);
     c.metadata.annotations.hash(&mut h);
-    c.metadata.finalizers.hash(&mut h);
     c.metadata
         .deletion_timestamp
         .as_ref()
