@@ -514,6 +514,21 @@ async fn new_credentials_in_the_secret_are_used_without_dropping_clients() {
     let a = app("rotate");
     let pooler = Pooler::start(&a, bed().postgres.port, &[]);
     let old = pooler.client(&a).await.expect("client");
+    // Clients keep working through the rotation.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let c = pooler.client(&a).await.expect("client");
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.batch_execute("BEGIN; SELECT 1; COMMIT").await?;
+                n += 1;
+            }
+            Ok::<_, tokio_postgres::Error>(n)
+        }));
+    }
     let new_password = "rotated p@ss";
     admin(&format!(
         "ALTER ROLE {} PASSWORD {}",
@@ -541,6 +556,33 @@ async fn new_credentials_in_the_secret_are_used_without_dropping_clients() {
     old.batch_execute("SELECT 1")
         .await
         .expect("the old client was not dropped");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut done = 0;
+    for t in load {
+        done += t.await.expect("task").expect("no error under load during the rotation");
+    }
+    println!("{done} transactions ran through the rotation without an error");
+}
+
+#[tokio::test]
+async fn every_upstream_sslmode_behaves_as_libpq_defines_it() {
+    let a = app("sslmodes");
+    // (sslmode, whether the server sees TLS): "allow" tries plain first, "prefer" TLS first.
+    for (mode, tls) in [
+        ("disable", "f"),
+        ("allow", "f"),
+        ("prefer", "t"),
+        ("require", "t"),
+        ("verify-ca", "t"),
+        ("verify-full", "t"),
+    ] {
+        let pooler = Pooler::start(&a, bed().postgres.port, &["--sslmode", mode]);
+        let c = pooler.client(&a).await.expect("client");
+        let ssl = value(&c, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .await
+            .expect("query");
+        assert_eq!(ssl, tls, "sslmode {mode}");
+    }
 }
 
 #[tokio::test]
