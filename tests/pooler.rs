@@ -559,7 +559,10 @@ async fn new_credentials_in_the_secret_are_used_without_dropping_clients() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut done = 0;
     for t in load {
-        done += t.await.expect("task").expect("no error under load during the rotation");
+        done += t
+            .await
+            .expect("task")
+            .expect("no error under load during the rotation");
     }
     println!("{done} transactions ran through the rotation without an error");
 }
@@ -578,9 +581,12 @@ async fn every_upstream_sslmode_behaves_as_libpq_defines_it() {
     ] {
         let pooler = Pooler::start(&a, bed().postgres.port, &["--sslmode", mode]);
         let c = pooler.client(&a).await.expect("client");
-        let ssl = value(&c, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .await
-            .expect("query");
+        let ssl = value(
+            &c,
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        )
+        .await
+        .expect("query");
         assert_eq!(ssl, tls, "sslmode {mode}");
     }
 }

@@ -130,7 +130,7 @@ impl Pool {
         };
         let conn = match reused {
             Some(c) => c,
-            None => self.connect().await?,
+            None => self.connect_within(started + wait).await?,
         };
         self.metrics.servers_active.inc();
         Ok(Lease {
@@ -138,6 +138,23 @@ impl Pool {
             _permit: permit,
             pool: self.clone(),
         })
+    }
+
+    /// Connects, and while the server refuses the password, tries again (with the credentials
+    /// re-read each time) until `deadline`: a password changed on the server before the
+    /// mounted Secret caught up must not fail clients during the gap.
+    async fn connect_within(&self, deadline: Instant) -> Result<ServerConn, ServerError> {
+        const PAUSE: Duration = Duration::from_millis(250);
+        loop {
+            match self.connect().await {
+                Err(ServerError::Refused { code, .. })
+                    if code == "28P01" && Instant::now() + PAUSE < deadline =>
+                {
+                    tokio::time::sleep(PAUSE).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Makes one new server connection with the current credentials.
