@@ -661,3 +661,32 @@ fn pgbench_runs_through_the_pooler_with_simple_and_extended_protocol() {
     let out = run(&["-c", "4", "-t", "50", "-M", "extended"], pooler.port);
     assert!(out.contains("number of failed transactions: 0"), "{out}");
 }
+
+#[tokio::test]
+async fn a_cancel_reaches_the_running_statement_and_does_nothing_for_an_idle_client() {
+    let a = app("cancel");
+    let pooler = Pooler::start(&a, bed().postgres.port, &["--pool-size", "2"]);
+    let c = pooler.client(&a).await.expect("client");
+    // Idle: a cancel does nothing, and the next statement runs normally.
+    c.cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    assert_eq!(value(&c, "SELECT 1").await.expect("still fine"), "1");
+    // Running: the cancel goes to the backend running it, through the pooler.
+    let token = c.cancel_token();
+    let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    let e = sleeper
+        .await
+        .expect("task")
+        .expect_err("the sleep was cancelled");
+    let text = message(&e);
+    assert!(text.contains("57014"), "{text}");
+    println!("cancelled after {:?}: {text}", started.elapsed());
+}

@@ -70,10 +70,12 @@ pub async fn serve(mut socket: TcpStream, pool: Arc<Pool>, shutdown: watch::Rece
         .await
         .unwrap_or_else(|_| Err(fatal("08006", "the startup exchange timed out")));
     let outcome = match started {
-        Ok(settings) => {
-            Session::new(socket, buf, pool.clone(), settings, shutdown)
+        Ok((settings, key)) => {
+            let ended = Session::new(socket, buf, pool.clone(), settings, shutdown, key)
                 .run()
-                .await
+                .await;
+            pool.forget(key);
+            ended
         }
         Err(e) => Err((socket, e)),
     };
@@ -153,7 +155,7 @@ async fn startup(
     socket: &mut TcpStream,
     buf: &mut BytesMut,
     pool: &Arc<Pool>,
-) -> Result<BTreeMap<String, String>, ClientError> {
+) -> Result<(BTreeMap<String, String>, (i32, i32)), ClientError> {
     let params = loop {
         match frame::startup(buf)? {
             None => fill(socket, buf).await?,
@@ -162,7 +164,10 @@ async fn startup(
                 match packet {
                     // TLS for clients is off: loopback never leaves the pod.
                     Startup::Ssl | Startup::GssEnc => socket.write_all(b"N").await?,
-                    Startup::Cancel { .. } => return Err(ClientError::Gone),
+                    Startup::Cancel { pid, key } => {
+                        pool.cancel((pid, key)).await;
+                        return Err(ClientError::Gone);
+                    }
                     Startup::Params(p) => break p,
                 }
             }
@@ -229,7 +234,8 @@ async fn startup(
     messages::backend_key_data(&mut out, pid, secret);
     messages::ready_for_query(&mut out, IDLE);
     socket.write_all(&out).await?;
-    Ok(settings)
+    pool.serving((pid, secret), None);
+    Ok((settings, (pid, secret)))
 }
 
 async fn authenticate(
@@ -330,6 +336,8 @@ struct Session {
     shutdown: watch::Receiver<bool>,
     state: State,
     limit: usize,
+    /// The cancel key this client was given.
+    key: (i32, i32),
 }
 
 type Ended = Result<(), (TcpStream, ClientError)>;
@@ -362,6 +370,7 @@ impl Session {
         pool: Arc<Pool>,
         settings: BTreeMap<String, String>,
         shutdown: watch::Receiver<bool>,
+        key: (i32, i32),
     ) -> Self {
         let limit = pool.settings.max_message_bytes;
         Session {
@@ -372,6 +381,7 @@ impl Session {
             shutdown,
             state: State::Idle,
             limit,
+            key,
         }
     }
 
@@ -526,6 +536,7 @@ impl Session {
             lease.conn().applied = self.settings.clone();
         }
         self.pool.metrics.transactions.inc();
+        self.pool.serving(self.key, Some(lease.conn().key));
         self.state = State::Bound(Box::new(Bound {
             lease,
             tracker: Tracker::default(),
@@ -545,6 +556,8 @@ impl Session {
             && self.pool.settings.mode == Mode::Transaction
             && let State::Bound(b) = std::mem::replace(&mut self.state, State::Idle)
         {
+            // From here a cancel for this client does nothing: it has no statement running.
+            self.pool.serving(self.key, None);
             b.lease.release();
         }
         Ok(())
@@ -553,6 +566,7 @@ impl Session {
     /// The server connection died: the client gets an error, the connection is dropped.
     fn server_lost(&mut self) -> ClientError {
         self.state = State::Idle;
+        self.pool.serving(self.key, None);
         self.pool.metrics.error("server_lost");
         fatal("08006", "the server closed the connection unexpectedly")
     }

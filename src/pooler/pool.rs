@@ -13,6 +13,9 @@ use super::config::{Settings, Upstream};
 use super::metrics::Metrics;
 use super::server::{self, ServerConn, ServerError};
 
+/// A BackendKeyData: process id and secret key.
+pub type BackendKey = (i32, i32);
+
 /// Why a client got no server connection.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -41,6 +44,9 @@ pub struct Pool {
     /// Whether the last attempt to log in upstream worked.
     ready: AtomicBool,
     generation: AtomicU64,
+    /// Each client's cancel key (the BackendKeyData the pooler gave it) → the key of the
+    /// server backend running its statements, while it has one.
+    cancels: Mutex<std::collections::HashMap<BackendKey, Option<BackendKey>>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -54,6 +60,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             server_params: RwLock::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
+            cancels: Mutex::new(std::collections::HashMap::new()),
             metrics,
         }
     }
@@ -81,6 +88,43 @@ impl Pool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|c| c.generation == generation);
+    }
+
+    /// Records which server backend (if any) serves the client with cancel key `client`;
+    /// `None` for `server` clears it, `forget` removes the client.
+    pub fn serving(&self, client: (i32, i32), server: Option<(i32, i32)>) {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(client, server);
+    }
+
+    pub fn forget(&self, client: (i32, i32)) {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&client);
+    }
+
+    /// A CancelRequest with a client's key: forwarded to the backend serving that client
+    /// now; nothing when it has none (an idle client) or the key is unknown.
+    pub async fn cancel(&self, client: (i32, i32)) {
+        let target = self
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&client)
+            .copied()
+            .flatten();
+        let Some(target) = target else {
+            return;
+        };
+        let creds = self.credentials();
+        if let Err(e) = server::cancel(&creds.upstream, target, self.settings.connect_timeout).await
+        {
+            self.metrics.error("cancel");
+            tracing::warn!(error = %e, "forwarding a cancel request");
+        }
     }
 
     pub fn is_ready(&self) -> bool {

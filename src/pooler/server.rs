@@ -187,14 +187,34 @@ enum Wire {
 
 async fn open(u: &Upstream, application_name: &str, wire: Wire) -> Result<ServerConn, ServerError> {
     let addr = format!("{}:{}", u.host, u.port);
-    let mut tcp = TcpStream::connect((u.host.as_str(), u.port))
+    let tcp = TcpStream::connect((u.host.as_str(), u.port))
         .await
         .map_err(|source| ServerError::Connect {
             addr: addr.clone(),
             source,
         })?;
     tcp.set_nodelay(true)?;
-    let stream = match wire {
+    let stream = negotiate(u, tcp, wire).await?;
+    let tls = matches!(stream, Stream::Tls(_));
+    let now = Instant::now();
+    let mut conn = ServerConn {
+        stream,
+        buf: BytesMut::with_capacity(16 * 1024),
+        params: BTreeMap::new(),
+        applied: BTreeMap::new(),
+        key: (0, 0),
+        tls,
+        created: now,
+        idle_since: now,
+        generation: 0,
+    };
+    login(&mut conn, u, application_name).await?;
+    Ok(conn)
+}
+
+/// SSLRequest and TLS as `wire` says, on a fresh TCP connection.
+async fn negotiate(u: &Upstream, mut tcp: TcpStream, wire: Wire) -> Result<Stream, ServerError> {
+    Ok(match wire {
         Wire::Plain => Stream::Plain(tcp),
         Wire::Tls | Wire::TlsThenPlain => {
             let mut req = Vec::with_capacity(8);
@@ -213,22 +233,38 @@ async fn open(u: &Upstream, application_name: &str, wire: Wire) -> Result<Server
                 }
             }
         }
+    })
+}
+
+/// Asks the server to cancel what backend `target` (pid, secret key) is running, over the
+/// same TLS settings as the pool's connections.
+pub async fn cancel(
+    u: &Upstream,
+    target: (i32, i32),
+    timeout: Duration,
+) -> Result<(), ServerError> {
+    let attempt = async {
+        let tcp = TcpStream::connect((u.host.as_str(), u.port))
+            .await
+            .map_err(|source| ServerError::Connect {
+                addr: format!("{}:{}", u.host, u.port),
+                source,
+            })?;
+        let wire = match u.sslmode {
+            SslMode::Disable | SslMode::Allow => Wire::Plain,
+            SslMode::Prefer => Wire::TlsThenPlain,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => Wire::Tls,
+        };
+        let mut stream = negotiate(u, tcp, wire).await?;
+        let mut packet = Vec::with_capacity(16);
+        messages::cancel_request(&mut packet, target.0, target.1);
+        stream.write_all(&packet).await?;
+        let _ = stream.shutdown().await;
+        Ok(())
     };
-    let tls = matches!(stream, Stream::Tls(_));
-    let now = Instant::now();
-    let mut conn = ServerConn {
-        stream,
-        buf: BytesMut::with_capacity(16 * 1024),
-        params: BTreeMap::new(),
-        applied: BTreeMap::new(),
-        key: (0, 0),
-        tls,
-        created: now,
-        idle_since: now,
-        generation: 0,
-    };
-    login(&mut conn, u, application_name).await?;
-    Ok(conn)
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| ServerError::Timeout(timeout))?
 }
 
 async fn tls(
