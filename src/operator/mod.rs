@@ -355,13 +355,30 @@ async fn controllers(ctx: Arc<Context>) {
         Api::<DatabaseServer>::all(client.clone()),
         watcher::Config::default(),
     )
-    .with_config(config)
-    .run(reconcile_server, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "server reconcile");
-        }
-    });
+    .with_config(config);
+    // A DatabaseServer's Secrets live in the operator's namespace: a rotated admin password
+    // or CA is checked at once (and its connections follow the server's status).
+    let server_store = servers.store();
+    let servers = servers
+        .watches(
+            Api::<Secret>::namespaced(client.clone(), &ctx.settings.namespace),
+            watcher::Config::default(),
+            move |secret| {
+                let name = secret.name_any();
+                server_store
+                    .state()
+                    .into_iter()
+                    .filter(|s| server_secrets(s).any(|n| n == name))
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .run(reconcile_server, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "server reconcile");
+            }
+        });
     tracing::info!("controllers started");
     futures::join!(connections, servers);
 }
@@ -379,6 +396,19 @@ fn user_change(c: &DatabaseConnection) -> Option<u64> {
         .map(|t| t.0.to_string())
         .hash(&mut h);
     Some(h.finish())
+}
+
+/// Names of the Secrets a DatabaseServer reads in the operator's namespace.
+fn server_secrets(s: &DatabaseServer) -> impl Iterator<Item = &str> {
+    let tls = &s.spec.tls;
+    [
+        s.spec.admin_secret_ref.as_ref().map(|r| r.name.as_str()),
+        tls.ca_secret_ref.as_ref().map(|r| r.name.as_str()),
+        tls.client_cert_secret_ref.as_ref().map(|r| r.name.as_str()),
+        tls.client_key_secret_ref.as_ref().map(|r| r.name.as_str()),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// Names of the Secrets a connection reads in its own namespace.
