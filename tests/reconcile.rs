@@ -4,7 +4,7 @@
 mod support;
 
 use support::{
-    READY, apply_yaml, bed, kubectl_ok, namespace, operator_log, psql_as_secret, secret_value,
+    READY, apply_yaml, bed, get, kubectl_ok, namespace, operator_log, psql_as_secret, secret_value,
     unique, wait_for, wait_reason,
 };
 
@@ -34,6 +34,30 @@ fn connection(ns: &str, name: &str, db: &str, role: &str, access: &str, extra: &
          server:\n    urlSecretRef: {{name: admin-url}}\n    tls: {{sslmode: verify-full, caSecretRef: {{name: db-ca}}}}\n  \
          database: {db}\n  role: {{name: {role:?}}}\n  access: {access}\n{extra}"
     )
+}
+
+/// Merge-patches a DatabaseConnection's spec and waits until the operator has observed the
+/// new generation.
+fn patch_and_observe(ns: &str, name: &str, patch: &str) {
+    kubectl_ok(&[
+        "-n",
+        ns,
+        "patch",
+        "dbconn",
+        name,
+        "--type=merge",
+        "-p",
+        patch,
+    ]);
+    let generation = get(ns, "dbconn", name, "{.metadata.generation}");
+    wait_for(
+        "dbconn",
+        ns,
+        name,
+        "{.status.observedGeneration}",
+        &generation,
+        60,
+    );
 }
 
 fn ddl_count(log: &str, role: &str) -> usize {
@@ -119,32 +143,10 @@ fn a_connection_becomes_ready_and_its_secret_logs_in_with_exactly_the_privileges
     // A change that does not touch privileges sends no DDL.
     let before = ddl_count(&pg.log().expect("log"), &role);
     assert!(before > 0, "the first reconcile granted");
-    kubectl_ok(&[
-        "-n",
+    patch_and_observe(
         &ns,
-        "patch",
-        "dbconn",
         "orders",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"secret":{"template":{"DSN":"host={{ host }}"}}}}"#,
-    ]);
-    let generation = kubectl_ok(&[
-        "-n",
-        &ns,
-        "get",
-        "dbconn",
-        "orders",
-        "-o",
-        "jsonpath={.metadata.generation}",
-    ]);
-    wait_for(
-        "dbconn",
-        &ns,
-        "orders",
-        "{.status.observedGeneration}",
-        &generation,
-        60,
     );
     assert_eq!(
         ddl_count(&pg.log().expect("log"), &role),
@@ -153,33 +155,7 @@ fn a_connection_becomes_ready_and_its_secret_logs_in_with_exactly_the_privileges
     );
 
     // Privileges removed from the spec are revoked.
-    kubectl_ok(&[
-        "-n",
-        &ns,
-        "patch",
-        "dbconn",
-        "orders",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"access":"readOnly"}}"#,
-    ]);
-    let generation = kubectl_ok(&[
-        "-n",
-        &ns,
-        "get",
-        "dbconn",
-        "orders",
-        "-o",
-        "jsonpath={.metadata.generation}",
-    ]);
-    wait_for(
-        "dbconn",
-        &ns,
-        "orders",
-        "{.status.observedGeneration}",
-        &generation,
-        60,
-    );
+    patch_and_observe(&ns, "orders", r#"{"spec":{"access":"readOnly"}}"#);
     wait_for("dbconn", &ns, "orders", READY, "True", 60);
     let insert = psql_as_secret(
         &ns,

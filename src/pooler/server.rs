@@ -271,12 +271,8 @@ async fn tls(
     u: &Upstream,
     tcp: TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ServerError> {
-    // allow and prefer encrypt without verifying, as libpq does.
-    let verify = match u.sslmode {
-        SslMode::Allow | SslMode::Prefer => SslMode::Prefer,
-        other => other,
-    };
-    let config = crate::postgres::tls::client_config(verify, &u.tls)
+    // allow and prefer encrypt without verifying, as libpq does (client_config knows).
+    let config = crate::postgres::tls::client_config(u.sslmode, &u.tls)
         .map_err(|e| ServerError::Tls(e.to_string()))?
         .ok_or_else(|| ServerError::Tls("TLS asked for with sslmode disable".into()))?;
     let name = u.tls.server_name.clone().unwrap_or_else(|| u.host.clone());

@@ -167,12 +167,8 @@ async fn open(ep: &Endpoint, wire: Wire) -> Result<Session, ConnectError> {
                 tokio_postgres::config::SslMode::Prefer
             };
             config.ssl_mode(mode);
-            // allow and prefer verify nothing; the other modes verify as they say.
-            let verify = match ep.sslmode {
-                SslMode::Allow | SslMode::Prefer => SslMode::Prefer,
-                other => other,
-            };
-            let Some(tls) = client_config(verify, &ep.tls)? else {
+            // client_config: allow and prefer verify nothing; the others verify as they say.
+            let Some(tls) = client_config(ep.sslmode, &ep.tls)? else {
                 return Err(ConnectError::Other(
                     "TLS requested with sslmode disable".into(),
                 ));
