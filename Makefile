@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BED_DIR ?= /tmp/dbconn-bed
 
-.PHONY: help setup demo test lint generate bed-up bed-down build clean-bed bench-operator bench-pooler bench
+.PHONY: help setup demo test lint generate bed-up bed-down build clean-bed bench-operator bench-pooler bench chart-check
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -20,6 +20,9 @@ test: setup lint ## fmt + clippy, unit tests, integration tests on a fresh local
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+chart-check: setup ## helm lint + render + kubeconform (chart, examples), CRD copy, values docs, hadolint (offline)
+	scripts/chart-check.sh
 
 generate: ## regenerate crds/ and the chart's copy from src/api/
 	$(CARGO) run -q --bin dbconn -- crd --write crds --write charts/dbconn/crds

