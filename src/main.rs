@@ -157,6 +157,10 @@ struct PoolerArgs {
     /// The largest message a client may send.
     #[arg(long, env = "DBCONN_MAX_MESSAGE_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
     max_message_bytes: u64,
+    /// Named prepared statements kept per server connection in transaction mode (the least
+    /// recently used is closed first); 0 passes statement names through untouched.
+    #[arg(long, env = "DBCONN_MAX_PREPARED_STATEMENTS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    max_prepared_statements: u32,
     /// Log as JSON lines.
     #[arg(long, env = "DBCONN_LOG_JSON")]
     log_json: bool,
@@ -251,6 +255,7 @@ fn pooler_config(
         shutdown_grace: secs(a.shutdown_grace_seconds),
         application_name,
         max_message_bytes: usize::try_from(a.max_message_bytes).unwrap_or(64 << 20),
+        max_prepared_statements: a.max_prepared_statements as usize,
         secret_dir: a.secret_dir,
     };
     Ok((settings, upstream, overrides))

@@ -178,6 +178,30 @@ pub fn parse_backend_key_data(body: &[u8]) -> Result<(i32, i32), WireError> {
     ))
 }
 
+/// A DataRow's fields as text (NULL as None).
+pub fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, WireError> {
+    let short = WireError::Malformed("DataRow too short");
+    let (n, mut rest) = body.split_at_checked(2).ok_or(short.clone())?;
+    let n = i16::from_be_bytes([n[0], n[1]]);
+    let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    for _ in 0..n {
+        let (len, after) = rest.split_at_checked(4).ok_or(short.clone())?;
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        match usize::try_from(len) {
+            Err(_) => {
+                out.push(None);
+                rest = after;
+            }
+            Ok(len) => {
+                let (value, after) = after.split_at_checked(len).ok_or(short.clone())?;
+                out.push(Some(String::from_utf8_lossy(value).into_owned()));
+                rest = after;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// An ErrorResponse's SQLSTATE and message.
 pub fn parse_error(body: &[u8]) -> (String, String) {
     let (mut code, mut text) = (String::new(), String::new());

@@ -16,7 +16,9 @@ use tokio::sync::watch;
 
 use super::config::{ClientAuth, Mode};
 use super::pool::{Lease, Pool, PoolError};
+use super::prepared::{Cache, Prepared};
 use super::server::{ServerConn, ServerError, read_message};
+use super::state::{self, PINS, Scan};
 use crate::pgwire::frame::{self, Startup, body};
 use crate::pgwire::messages::{self, IDLE, auth};
 use crate::pgwire::tracker::Tracker;
@@ -338,28 +340,59 @@ struct Session {
     limit: usize,
     /// The cancel key this client was given.
     key: (i32, i32),
+    /// The settings of the startup packet, what RESET ALL goes back to.
+    startup: BTreeMap<String, String>,
+    /// Named statements (transaction mode, unless turned off).
+    prepared: Option<Prepared>,
+    /// What this transaction's SQL may have done to the session.
+    scan: Scan,
+    /// The server connection stays with this client between transactions.
+    pinned: bool,
 }
 
 type Ended = Result<(), (TcpStream, ClientError)>;
 
 /// Forwards the complete server messages in `buf` to the client in one write, feeding the
-/// tracker. Server messages are bounded only by the server.
+/// tracker and, in transaction mode, the statement bookkeeping (which drops the answers to
+/// messages the pooler added and makes up those to messages it left out). Server messages
+/// are bounded only by the server.
 async fn drain_server(
     buf: &mut BytesMut,
     tracker: &mut Tracker,
+    mut statements: Option<(&mut Prepared, &mut Cache)>,
     client: &mut TcpStream,
 ) -> Result<(), ClientError> {
+    let malformed = |_| fatal("08P01", "the server sent a malformed message");
     let mut end = 0;
-    while let Some((tag, n)) = frame::frame(&buf[end..], usize::MAX >> 1)
-        .map_err(|_| fatal("08P01", "the server sent a malformed message"))?
-    {
+    // Set once the bytes to send differ from the bytes received.
+    let mut edited: Option<Vec<u8>> = None;
+    while let Some((tag, n)) = frame::frame(&buf[end..], usize::MAX >> 1).map_err(malformed)? {
         tracker.server(tag, buf.get(end + 5).copied().unwrap_or(IDLE));
+        let mut forward = true;
+        let mut replies = Vec::new();
+        if let Some((p, cache)) = statements.as_mut() {
+            forward = p
+                .server(tag, cache)
+                .map_err(|e| fatal("08P01", e.to_string()))?;
+            p.replies(&mut replies);
+        }
+        if (!forward || !replies.is_empty()) && edited.is_none() {
+            edited = Some(buf[..end].to_vec());
+        }
+        if let Some(out) = edited.as_mut() {
+            if forward {
+                out.extend_from_slice(&buf[end..end + n]);
+            }
+            out.extend_from_slice(&replies);
+        }
         end += n;
     }
-    if end > 0 {
-        client.write_all(&buf[..end]).await?;
-        buf.advance(end);
+    match edited {
+        Some(out) => client.write_all(&out).await?,
+        None if end > 0 => client.write_all(&buf[..end]).await?,
+        None => {}
     }
+    buf.advance(end);
     Ok(())
 }
 
@@ -373,15 +406,22 @@ impl Session {
         key: (i32, i32),
     ) -> Self {
         let limit = pool.settings.max_message_bytes;
+        let prepared = (pool.settings.mode == Mode::Transaction
+            && pool.settings.max_prepared_statements > 0)
+            .then(|| Prepared::new(pool.settings.max_prepared_statements));
         Session {
             socket,
             buf,
             pool,
+            startup: settings.clone(),
             settings,
             shutdown,
             state: State::Idle,
             limit,
             key,
+            prepared,
+            scan: Scan::default(),
+            pinned: false,
         }
     }
 
@@ -399,7 +439,9 @@ impl Session {
     fn interruptible(&self) -> bool {
         match &self.state {
             State::Idle => true,
-            State::Bound(b) => self.pool.settings.mode == Mode::Session && b.tracker.quiet(),
+            State::Bound(b) => {
+                (self.pool.settings.mode == Mode::Session || self.pinned) && b.tracker.quiet()
+            }
         }
     }
 
@@ -464,7 +506,7 @@ impl Session {
                         WireError::Malformed("unexpected message type from a client").into(),
                     );
                 }
-                _ => tags.push(tag),
+                _ => tags.push((tag, end, n)),
             }
             end += n;
         }
@@ -472,26 +514,48 @@ impl Session {
             return Ok(terminate);
         }
         self.pool.metrics.bytes_from_clients.inc_by(end as u64);
-        let syncs = tags.iter().filter(|t| matches!(t, b'Q' | b'S')).count();
+        let syncs = tags.iter().filter(|t| matches!(t.0, b'Q' | b'S')).count();
         self.pool.metrics.queries.inc_by(syncs as u64);
+        if self.pool.settings.mode == Mode::Transaction {
+            self.scan_client(&tags)?;
+        }
         if matches!(self.state, State::Idle) {
             self.bind().await?;
         }
         let State::Bound(b) = &mut self.state else {
             return Ok(terminate);
         };
-        for tag in tags {
-            b.tracker.client(tag);
+        if b.tracker.idle() {
+            // A pinned connection starting its next transaction: cancels reach it again.
+            self.pool.serving(self.key, Some(b.lease.conn().key));
         }
+        for (tag, _, _) in &tags {
+            b.tracker.client(*tag);
+        }
+        let conn = b.lease.conn();
+        // Named statements are renamed for the server, added where it lacks them.
+        let edited = match self.prepared.as_mut() {
+            Some(p) => {
+                let mut out = Vec::with_capacity(end + 64);
+                let before = conn.statements.len();
+                for &(tag, at, n) in &tags {
+                    p.client(tag, &self.buf[at..at + n], &mut conn.statements, &mut out)?;
+                }
+                let added = conn.statements.len().saturating_sub(before);
+                self.pool.metrics.prepares.inc_by(added as u64);
+                Some(out)
+            }
+            None => None,
+        };
+        let bytes: &[u8] = edited.as_deref().unwrap_or(&self.buf[..end]);
         // Write to the server while still passing its answers on, so a long pipeline that
         // fills both directions' socket buffers cannot deadlock.
-        let conn = b.lease.conn();
         let (mut rd, mut wr) = tokio::io::split(&mut conn.stream);
         let mut written = 0;
         let mut lost = false;
-        while written < end {
+        while written < bytes.len() {
             tokio::select! {
-                n = wr.write(&self.buf[written..end]) => match n {
+                n = wr.write(&bytes[written..]) => match n {
                     Ok(0) | Err(_) => { lost = true; break; }
                     Ok(n) => written += n,
                 },
@@ -502,7 +566,8 @@ impl Session {
                     Ok(0) | Err(_) => { lost = true; break; }
                     Ok(n) => {
                         self.pool.metrics.bytes_from_server.inc_by(n as u64);
-                        drain_server(&mut conn.buf, &mut b.tracker, &mut self.socket).await?;
+                        let statements = self.prepared.as_mut().map(|p| (p, &mut conn.statements));
+                        drain_server(&mut conn.buf, &mut b.tracker, statements, &mut self.socket).await?;
                     }
                 },
             }
@@ -510,8 +575,40 @@ impl Session {
         if lost {
             return Err(self.server_lost());
         }
+        // Answers the pooler makes up that are due now (a ParseComplete for a statement the
+        // server already has, with nothing before it unanswered).
+        if let Some(p) = self.prepared.as_mut() {
+            let mut replies = Vec::new();
+            p.replies(&mut replies);
+            if !replies.is_empty() {
+                self.socket.write_all(&replies).await?;
+            }
+        }
         self.buf.advance(end);
         Ok(terminate)
+    }
+
+    /// Notes what the client's SQL may do to the session (transaction mode).
+    fn scan_client(&mut self, tags: &[(u8, usize, usize)]) -> Result<(), ClientError> {
+        for &(tag, at, n) in tags {
+            let msg = body(&self.buf[at..at + n]);
+            match tag {
+                b'Q' => self.scan.merge(state::scan(frame::cstr(msg)?.0)),
+                b'P' => {
+                    let (_, rest) = frame::cstr(msg)?;
+                    self.scan.merge(state::scan(frame::cstr(rest)?.0));
+                }
+                b'B' => {
+                    let (_, rest) = frame::cstr(msg)?;
+                    let (name, _) = frame::cstr(rest)?;
+                    if let Some(stmt) = self.prepared.as_ref().and_then(|p| p.get(name)) {
+                        self.scan.merge(stmt.effects.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Binds a server connection and brings its session settings in line with this client's.
@@ -527,7 +624,7 @@ impl Session {
             PoolError::Connect(s) => fatal("08006", format!("cannot connect to the server: {s}")),
         })?;
         if let Some(sql) = settings_sql(&self.settings, &lease.conn().applied) {
-            apply(lease.conn(), &sql, self.limit).await.map_err(|e| {
+            run(lease.conn(), &sql, self.limit).await.map_err(|e| {
                 fatal(
                     "08006",
                     format!("restoring session settings on the server: {e}"),
@@ -550,44 +647,124 @@ impl Session {
             return Ok(());
         };
         let conn = b.lease.conn();
-        drain_server(&mut conn.buf, &mut b.tracker, &mut self.socket).await?;
-        let done = b.tracker.idle() && conn.buf.is_empty();
-        if done
-            && self.pool.settings.mode == Mode::Transaction
-            && let State::Bound(b) = std::mem::replace(&mut self.state, State::Idle)
-        {
-            // From here a cancel for this client does nothing: it has no statement running.
-            self.pool.serving(self.key, None);
-            b.lease.release();
+        let statements = self.prepared.as_mut().map(|p| (p, &mut conn.statements));
+        drain_server(&mut conn.buf, &mut b.tracker, statements, &mut self.socket).await?;
+        let done = b.tracker.idle()
+            && conn.buf.is_empty()
+            && self.prepared.as_ref().is_none_or(Prepared::settled);
+        if done && self.pool.settings.mode == Mode::Transaction {
+            self.end_transaction().await;
         }
         Ok(())
+    }
+
+    /// A transaction is over: learns what it left on the session (settings to carry to the
+    /// client's next server connection, state that pins this one), then lets the connection
+    /// go unless it is pinned.
+    async fn end_transaction(&mut self) {
+        let scan = std::mem::take(&mut self.scan);
+        let State::Bound(b) = &mut self.state else {
+            return;
+        };
+        let conn = b.lease.conn();
+        if scan.reset_all {
+            conn.applied.clear();
+            self.settings = self.startup.clone();
+        }
+        let look = scan.may_pin || scan.reset_all || self.pinned;
+        let names = scan.settings;
+        let mut pinned_by = Vec::new();
+        if look || !names.is_empty() {
+            let row = match run(conn, &state::check_sql(look, &names), self.limit).await {
+                Ok(row) => row.unwrap_or_default(),
+                Err(e) => {
+                    // The connection's state is unknown: it must not serve anyone else.
+                    tracing::warn!(error = %e, "reading the session state failed; closing that server connection");
+                    self.pool.metrics.error("state_check");
+                    self.unpin();
+                    self.pool.serving(self.key, None);
+                    self.state = State::Idle;
+                    return;
+                }
+            };
+            let (pins, values) = row.split_at(if look { PINS.len().min(row.len()) } else { 0 });
+            for (name, value) in names.iter().zip(values) {
+                match value {
+                    Some(v) => {
+                        self.settings.insert(name.clone(), v.clone());
+                        conn.applied.insert(name.clone(), v.clone());
+                    }
+                    None => {
+                        self.settings.remove(name);
+                        conn.applied.remove(name);
+                    }
+                }
+            }
+            for ((reason, _), count) in PINS.iter().zip(pins) {
+                if count.as_deref().is_some_and(|c| c != "0") {
+                    pinned_by.push(*reason);
+                }
+            }
+        }
+        // From here a cancel for this client does nothing: it has no statement running.
+        self.pool.serving(self.key, None);
+        if !pinned_by.is_empty() {
+            if !self.pinned {
+                self.pinned = true;
+                self.pool.metrics.pinned.inc();
+                for reason in &pinned_by {
+                    self.pool.metrics.pin(reason);
+                }
+                tracing::debug!(reasons = ?pinned_by, "server connection pinned to its client");
+            }
+            return;
+        }
+        self.unpin();
+        if let State::Bound(b) = std::mem::replace(&mut self.state, State::Idle) {
+            b.lease.release();
+        }
+    }
+
+    fn unpin(&mut self) {
+        if std::mem::take(&mut self.pinned) {
+            self.pool.metrics.pinned.dec();
+        }
     }
 
     /// The server connection died: the client gets an error, the connection is dropped.
     fn server_lost(&mut self) -> ClientError {
         self.state = State::Idle;
+        self.unpin();
+        if let Some(p) = self.prepared.as_mut() {
+            p.reset();
+        }
         self.pool.serving(self.key, None);
         self.pool.metrics.error("server_lost");
         fatal("08006", "the server closed the connection unexpectedly")
     }
 
     /// At the end of a session: a clean server connection goes back (reset in session
-    /// mode); one in a transaction or mid-statement is closed, never reused dirty.
+    /// mode, or when this client pinned it); one in a transaction or mid-statement is
+    /// closed, never reused dirty.
     async fn finish(&mut self) {
+        let pinned = self.pinned;
+        self.unpin();
         let State::Bound(mut b) = std::mem::replace(&mut self.state, State::Idle) else {
             return;
         };
-        if !b.tracker.idle() || !b.lease.conn().buf.is_empty() {
+        if !b.tracker.idle()
+            || !b.lease.conn().buf.is_empty()
+            || !self.prepared.as_ref().is_none_or(Prepared::settled)
+        {
             return;
         }
-        if self.pool.settings.mode == Mode::Session {
-            if apply(b.lease.conn(), "DISCARD ALL", self.limit)
-                .await
-                .is_err()
-            {
+        if self.pool.settings.mode == Mode::Session || pinned {
+            let conn = b.lease.conn();
+            if run(conn, "DISCARD ALL", self.limit).await.is_err() {
                 return;
             }
-            b.lease.conn().applied.clear();
+            conn.applied.clear();
+            conn.statements.clear();
         }
         b.lease.release();
     }
@@ -643,10 +820,12 @@ fn settings_sql(
     }
     let mut sql = String::new();
     for (k, v) in want {
-        if applied.get(k) != Some(v)
-            && let Ok(name) = Ident::new(k)
-        {
-            sql.push_str(&format!("SET {name} = {};", literal(v)));
+        if applied.get(k) != Some(v) {
+            sql.push_str(&format!(
+                "SELECT pg_catalog.set_config({}, {}, false);",
+                literal(k),
+                literal(v)
+            ));
         }
     }
     for k in applied.keys().filter(|k| !want.contains_key(*k)) {
@@ -657,13 +836,18 @@ fn settings_sql(
     (!sql.is_empty()).then_some(sql)
 }
 
-/// Runs `sql` on the server connection and reads through its ReadyForQuery, swallowing the
-/// responses; an error from the server fails it.
-async fn apply(conn: &mut ServerConn, sql: &str, limit: usize) -> Result<(), ServerError> {
+/// Runs `sql` on the server connection and reads through its ReadyForQuery; returns the last
+/// row. An error from the server fails it.
+async fn run(
+    conn: &mut ServerConn,
+    sql: &str,
+    limit: usize,
+) -> Result<Option<Vec<Option<String>>>, ServerError> {
     let mut out = Vec::with_capacity(sql.len() + 8);
     messages::query(&mut out, sql);
     conn.stream.write_all(&out).await?;
     let mut failure = None;
+    let mut row = None;
     loop {
         let (tag, msg) = read_message(conn, limit).await?;
         match tag {
@@ -675,7 +859,8 @@ async fn apply(conn: &mut ServerConn, sql: &str, limit: usize) -> Result<(), Ser
                 let (k, v) = messages::parse_parameter_status(body(&msg))?;
                 conn.params.insert(k.to_owned(), v.to_owned());
             }
-            b'Z' => return failure.map_or(Ok(()), Err),
+            b'D' => row = Some(messages::parse_data_row(body(&msg))?),
+            b'Z' => return failure.map_or(Ok(row), Err),
             _ => {}
         }
     }
@@ -715,7 +900,7 @@ mod tests {
         let sql = settings_sql(&want, &applied).unwrap();
         assert_eq!(
             sql,
-            "SET \"search_path\" = '\"My Schema\", public';RESET \"TimeZone\";"
+            "SELECT pg_catalog.set_config('search_path', '\"My Schema\", public', false);RESET \"TimeZone\";"
         );
         assert_eq!(settings_sql(&want, &want), None);
     }

@@ -57,6 +57,9 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub application_name: String,
     pub max_message_bytes: usize,
+    /// Named statements kept prepared per server connection in transaction mode; 0 passes
+    /// statement names through untouched.
+    pub max_prepared_statements: usize,
     /// The mounted Secret, watched for changes.
     pub secret_dir: Option<PathBuf>,
 }

@@ -25,7 +25,12 @@ pub struct Metrics {
     pub bytes_from_clients: Counter,
     pub bytes_from_server: Counter,
     pub wait: Histogram,
+    /// Server connections held by one client between transactions (transaction mode).
+    pub pinned: Gauge,
+    /// Statements the pooler prepared on a server connection for a client's named statement.
+    pub prepares: Counter,
     errors: Family<KindLabel, Counter>,
+    pins: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -43,7 +48,10 @@ impl Default for Metrics {
             bytes_from_server: Counter::default(),
             // 10 µs … 80 s
             wait: Histogram::new(exponential_buckets(0.000_01, 4.0, 12)),
+            pinned: Gauge::default(),
+            prepares: Counter::default(),
             errors: Family::default(),
+            pins: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -97,6 +105,21 @@ impl Default for Metrics {
             m.wait.clone(),
         );
         r.register("errors", "Errors by kind", m.errors.clone());
+        r.register(
+            "pinned_servers",
+            "Server connections pinned to a client by session state",
+            m.pinned.clone(),
+        );
+        r.register(
+            "pins",
+            "Times a server connection was pinned to a client, by what pinned it",
+            m.pins.clone(),
+        );
+        r.register(
+            "server_prepares",
+            "Named statements prepared on a server connection for a client",
+            m.prepares.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 }
@@ -105,6 +128,15 @@ impl Metrics {
     pub fn error(&self, kind: &str) {
         self.errors
             .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// A server connection was pinned by `reason` (advisory_lock, listen, …).
+    pub fn pin(&self, reason: &str) {
+        self.pins
+            .get_or_create(&KindLabel {
+                kind: reason.into(),
+            })
             .inc();
     }
 

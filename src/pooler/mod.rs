@@ -8,7 +8,9 @@ mod client;
 pub mod config;
 mod metrics;
 mod pool;
+mod prepared;
 mod server;
+mod state;
 
 use std::sync::Arc;
 use std::time::Duration;

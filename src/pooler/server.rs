@@ -129,6 +129,8 @@ pub struct ServerConn {
     pub params: BTreeMap<String, String>,
     /// Session settings the pooler made on behalf of clients (name → value).
     pub applied: BTreeMap<String, String>,
+    /// The clients' named statements prepared on it (transaction mode).
+    pub statements: super::prepared::Cache,
     /// The server's BackendKeyData, for cancelling its queries.
     pub key: (i32, i32),
     pub tls: bool,
@@ -202,6 +204,7 @@ async fn open(u: &Upstream, application_name: &str, wire: Wire) -> Result<Server
         buf: BytesMut::with_capacity(16 * 1024),
         params: BTreeMap::new(),
         applied: BTreeMap::new(),
+        statements: Default::default(),
         key: (0, 0),
         tls,
         created: now,

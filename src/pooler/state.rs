@@ -1,0 +1,282 @@
+//! Session state a client leaves on a server connection in transaction mode: the settings its
+//! SET and RESET statements change, and the things that tie the connection to it (a session
+//! advisory lock, LISTEN, a temporary table, a WITH HOLD cursor, an SQL-level PREPARE). A
+//! keyword scan of the SQL says when to look; one query on the server at the end of that
+//! transaction says what is really there. Pure.
+
+use crate::postgres::quote::literal;
+
+/// What a statement may have changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Settings set or reset at session level.
+    pub settings: Vec<String>,
+    /// RESET ALL or DISCARD ALL.
+    pub reset_all: bool,
+    /// Words that may leave something that pins the connection.
+    pub may_pin: bool,
+}
+
+impl Scan {
+    pub fn merge(&mut self, other: Scan) {
+        for s in other.settings {
+            if !self.settings.contains(&s) {
+                self.settings.push(s);
+            }
+        }
+        self.reset_all |= other.reset_all;
+        self.may_pin |= other.may_pin;
+    }
+}
+
+/// Why a server connection stays with one client, with the query that counts it.
+pub const PINS: [(&str, &str); 5] = [
+    (
+        "advisory_lock",
+        "(SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())",
+    ),
+    (
+        "listen",
+        "(SELECT count(*) FROM pg_catalog.pg_listening_channels())",
+    ),
+    (
+        "temp_table",
+        "(SELECT count(*) FROM pg_catalog.pg_class WHERE relpersistence = 't' AND relnamespace = pg_catalog.pg_my_temp_schema())",
+    ),
+    (
+        "with_hold_cursor",
+        "(SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable)",
+    ),
+    (
+        "sql_prepare",
+        "(SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)",
+    ),
+];
+
+/// Words whose presence sends the pooler to look for pins.
+const PIN_WORDS: [&str; 5] = ["advisory", "listen", "temp", "hold", "prepare"];
+
+/// The SQL that reads, at the end of a transaction, the pins (when `pins`) and the current
+/// value of each setting in `names`.
+pub fn check_sql(pins: bool, names: &[String]) -> String {
+    let mut cols: Vec<String> = Vec::new();
+    if pins {
+        cols.extend(PINS.iter().map(|(_, q)| (*q).to_owned()));
+    }
+    for n in names {
+        cols.push(format!("pg_catalog.current_setting({}, true)", literal(n)));
+    }
+    format!("SELECT {}", cols.join(", "))
+}
+
+/// Splits SQL into statements at semicolons outside quotes, dollar quotes and comments, with
+/// comments dropped.
+fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' | b'"' => {
+                let end = b[i + 1..]
+                    .iter()
+                    .position(|x| *x == c)
+                    .map_or(b.len(), |p| i + 1 + p + 1);
+                cur.push_str(&sql[i..end]);
+                i = end;
+                continue;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..]
+                    .iter()
+                    .position(|x| *x == b'\n')
+                    .map_or(b.len(), |p| i + p);
+                cur.push(' ');
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = sql[i + 2..].find("*/").map_or(b.len(), |p| i + 2 + p + 2);
+                cur.push(' ');
+                continue;
+            }
+            b'$' => {
+                // $tag$ … $tag$
+                let tag_end = b[i + 1..]
+                    .iter()
+                    .position(|x| !(x.is_ascii_alphanumeric() || *x == b'_'))
+                    .map(|p| i + 1 + p);
+                if let Some(t) = tag_end.filter(|t| b[*t] == b'$') {
+                    let tag = &sql[i..=t];
+                    let end = sql[t + 1..]
+                        .find(tag)
+                        .map_or(b.len(), |p| t + 1 + p + tag.len());
+                    cur.push_str(&sql[i..end]);
+                    i = end;
+                    continue;
+                }
+            }
+            b';' => {
+                out.push(std::mem::take(&mut cur));
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let ch = sql[i..].chars().next().unwrap_or(' ');
+        cur.push(ch);
+        i += ch.len_utf8();
+    }
+    out.push(cur);
+    out.retain(|s| !s.trim().is_empty());
+    out
+}
+
+/// The words of a statement's head: plain words lower-cased, quoted identifiers as written.
+fn words(stmt: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = stmt.trim_start();
+    while out.len() < n && !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('"') {
+            let end = r.find('"').unwrap_or(r.len());
+            out.push(r[..end].to_owned());
+            rest = r.get(end + 1..).unwrap_or("").trim_start();
+            continue;
+        }
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == '=' || c == '\'' || c == '(')
+            .unwrap_or(rest.len());
+        if end == 0 {
+            break;
+        }
+        out.push(rest[..end].to_lowercase());
+        rest = rest[end..].trim_start();
+    }
+    out
+}
+
+/// The setting a `SET`/`RESET` statement names (after the keyword), if it is a session-level
+/// one the pooler tracks.
+fn setting(w: &[String]) -> Option<String> {
+    let w: Vec<&str> = w.iter().map(String::as_str).collect();
+    let w = match w.as_slice() {
+        ["session", "characteristics" | "authorization", ..] => return None,
+        ["session", rest @ ..] => rest,
+        ["local" | "transaction" | "constraints", ..] => return None,
+        rest => rest,
+    };
+    Some(match w {
+        ["time", "zone", ..] => "timezone".to_owned(),
+        ["schema", ..] => "search_path".to_owned(),
+        ["names", ..] => "client_encoding".to_owned(),
+        ["xml", "option", ..] => "xmloption".to_owned(),
+        [name, ..] => (*name).to_owned(),
+        [] => return None,
+    })
+}
+
+/// What the SQL of a simple query or a prepared statement may do to the session.
+pub fn scan(sql: &str) -> Scan {
+    let mut s = Scan {
+        may_pin: PIN_WORDS.iter().any(|w| contains_ci(sql, w)),
+        ..Scan::default()
+    };
+    // Most statements are not SET/RESET/DISCARD: skip the split unless one could be.
+    if !["set", "reset", "discard"]
+        .iter()
+        .any(|w| contains_ci(sql, w))
+    {
+        return s;
+    }
+    for stmt in statements(sql) {
+        let w = words(&stmt, 4);
+        match w.first().map(String::as_str) {
+            Some("set") => {
+                if let Some(name) = setting(&w[1..]) {
+                    s.settings.push(name);
+                }
+            }
+            Some("reset") => match w.get(1).map(String::as_str) {
+                Some("all") => s.reset_all = true,
+                Some(_) => {
+                    if let Some(name) = setting(&w[1..]) {
+                        s.settings.push(name);
+                    }
+                }
+                None => {}
+            },
+            Some("discard") if w.get(1).map(String::as_str) == Some("all") => s.reset_all = true,
+            _ => {}
+        }
+    }
+    s
+}
+
+fn contains_ci(hay: &str, needle: &str) -> bool {
+    hay.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_level_sets_and_resets_are_found_and_local_ones_are_not() {
+        let s = scan(
+            "SET statement_timeout = '5s'; set Session work_mem to 64; SET LOCAL lock_timeout = 1; \
+             SET TIME ZONE 'UTC'; reset search_path; SET \"My.Custom\" = 'x'; SET TRANSACTION READ ONLY",
+        );
+        assert_eq!(
+            s.settings,
+            vec![
+                "statement_timeout",
+                "work_mem",
+                "timezone",
+                "search_path",
+                "My.Custom"
+            ]
+        );
+        assert!(!s.reset_all && !s.may_pin);
+        assert!(scan("RESET ALL").reset_all);
+        assert!(scan("discard all").reset_all);
+        assert!(scan("SET ROLE reporting").settings == ["role"]);
+    }
+
+    #[test]
+    fn quoted_text_and_comments_do_not_split_or_count() {
+        let s =
+            scan("SELECT 'a; SET x = 1' /* ; SET y = 2 */; -- SET z = 3\nSELECT $q$; SET w=1$q$");
+        assert!(s.settings.is_empty());
+        assert_eq!(statements("SELECT 1; SELECT ';'; SELECT $$;$$").len(), 3);
+    }
+
+    #[test]
+    fn updates_with_set_clauses_are_not_settings() {
+        let s = scan("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1");
+        assert_eq!(s, Scan::default());
+    }
+
+    #[test]
+    fn pin_words_send_the_pooler_to_look() {
+        for sql in [
+            "SELECT pg_advisory_lock(1)",
+            "LISTEN jobs",
+            "CREATE TEMP TABLE t (x int)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "PREPARE p AS SELECT 1",
+        ] {
+            assert!(scan(sql).may_pin, "{sql}");
+        }
+        assert!(!scan("SELECT abalance FROM pgbench_accounts WHERE aid = $1").may_pin);
+    }
+
+    #[test]
+    fn the_check_quotes_setting_names_as_literals() {
+        let sql = check_sql(false, &["x'y".to_owned()]);
+        assert_eq!(sql, "SELECT pg_catalog.current_setting('x''y', true)");
+        assert!(check_sql(true, &[]).contains("pg_listening_channels"));
+    }
+}
