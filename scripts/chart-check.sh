@@ -156,8 +156,9 @@ check_render() {
   for set in "${VALUE_SETS[@]}"; do
     i=$((i + 1))
     log "helm template ${set:+--set $set} | kubeconform"
+    # --kube-version: a helm built from source defaults its Capabilities to Kubernetes 1.20.
     "$BIN/helm" template dbconn "$CHART" --namespace dbconn-system --include-crds \
-      ${set:+--set "$set"} >"$work/render-$i.yaml" || return 1
+      --kube-version "$KUBE_SCHEMA_VERSION" ${set:+--set "$set"} >"$work/render-$i.yaml" || return 1
     kubeconform_with_schemas "$work/render-$i.yaml" || return 1
   done
 }
