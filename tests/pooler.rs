@@ -4,180 +4,11 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::pooler::{App, Pooler, admin, app, app_on, first_value, message, raw, startup, value};
 use support::{bed, http_get, unique};
-
-/// A database and a login role for one test, made by the bed's superuser.
-struct App {
-    db: String,
-    user: String,
-    password: String,
-}
-
-fn app(prefix: &str) -> App {
-    app_on(&bed().postgres, prefix)
-}
-
-fn app_on(pg: &testbed::PostgresInfo, prefix: &str) -> App {
-    let db = unique(prefix).replace('-', "_");
-    let user = format!("{db}_app");
-    let password = format!("pw '{}' with spaces", unique("x"));
-    pg.psql("postgres", &format!("CREATE DATABASE {db}"))
-        .expect("database");
-    pg.psql(
-        "postgres",
-        &format!(
-            "CREATE ROLE {user} LOGIN PASSWORD {}; GRANT ALL ON DATABASE {db} TO {user}; ALTER DATABASE {db} OWNER TO {user}",
-            dbconn::postgres::quote::literal(&password)
-        ),
-    )
-    .expect("role");
-    App { db, user, password }
-}
-
-/// A running pooler, killed when dropped (even when the test fails).
-struct Pooler {
-    child: Child,
-    port: u16,
-    http: u16,
-    secret_dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Pooler {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Pooler {
-    /// Writes a Secret directory as the operator would and starts the pooler on it.
-    fn start(a: &App, upstream_port: u16, extra: &[&str]) -> Pooler {
-        Pooler::start_with_ca(a, upstream_port, &bed().ca_cert, extra)
-    }
-
-    fn start_with_ca(a: &App, upstream_port: u16, ca: &std::path::Path, extra: &[&str]) -> Pooler {
-        let secret_dir = std::env::temp_dir().join(unique("pooler-secret"));
-        std::fs::create_dir_all(&secret_dir).expect("dir");
-        let ca = std::fs::read_to_string(ca).expect("ca");
-        for (k, v) in [
-            ("host", "localhost".to_owned()),
-            ("port", upstream_port.to_string()),
-            ("dbname", a.db.clone()),
-            ("username", a.user.clone()),
-            ("password", a.password.clone()),
-            ("sslmode", "verify-full".to_owned()),
-            ("ca.crt", ca),
-        ] {
-            std::fs::write(secret_dir.join(k), v).expect("secret file");
-        }
-        let port = testbed::free_port().expect("port");
-        let http = testbed::free_port().expect("port");
-        let log = std::env::temp_dir().join(format!("{}.log", unique("pooler")));
-        let child = Command::new(env!("CARGO_BIN_EXE_dbconn"))
-            .arg("pooler")
-            .arg("--secret-dir")
-            .arg(&secret_dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .args(["--application-name", "dbconn:test/pod"])
-            .args(extra)
-            .env("RUST_LOG", "info,dbconn=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("dbconn pooler");
-        let p = Pooler {
-            child,
-            port,
-            http,
-            secret_dir,
-            log,
-        };
-        p.wait_listening();
-        p
-    }
-
-    fn wait_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "pooler never listened:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_get(self.http, "/readyz").0 != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "pooler never ready:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn conninfo(&self, a: &App) -> String {
-        format!(
-            "host=127.0.0.1 port={} dbname={} user={} password='{}' sslmode=disable",
-            self.port,
-            a.db,
-            a.user,
-            a.password.replace('\\', "\\\\").replace('\'', "\\'")
-        )
-    }
-
-    async fn client(&self, a: &App) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) =
-            tokio_postgres::connect(&self.conninfo(a), tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        Ok(client)
-    }
-}
-
-/// The first column of the first row of a simple-protocol result.
-fn first_value(rows: &[tokio_postgres::SimpleQueryMessage]) -> String {
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
-/// One value through the simple protocol (no named prepared statements: those are tracked
-/// per client only in part 2 of the pooler).
-async fn value(c: &tokio_postgres::Client, sql: &str) -> Result<String, tokio_postgres::Error> {
-    Ok(first_value(&c.simple_query(sql).await?))
-}
-
-/// The server's message for an error, or the error's own text.
-fn message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| format!("{} ({})", d.message(), d.code().code()))
-        .unwrap_or_else(|| e.to_string())
-}
-
-fn admin(sql: &str) -> String {
-    bed()
-        .postgres
-        .psql("postgres", sql)
-        .expect("psql")
-        .trim()
-        .to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_clients_share_five_server_connections_in_transaction_mode() {
@@ -350,32 +181,6 @@ async fn wrong_credentials_and_names_get_clear_errors() {
         .output()
         .expect("psql");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{out:?}");
-}
-
-/// Sends raw bytes as a client and returns what came back before the pooler closed.
-fn raw(port: u16, bytes: &[u8]) -> Vec<u8> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(bytes).expect("write");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
-}
-
-fn startup(user: &str, db: &str) -> Vec<u8> {
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    p.extend(body);
-    p
 }
 
 #[tokio::test]
@@ -621,7 +426,7 @@ async fn sigterm_lets_a_busy_transaction_finish_then_exits_cleanly() {
 }
 
 #[test]
-fn pgbench_runs_through_the_pooler_with_simple_and_extended_protocol() {
+fn pgbench_runs_through_the_pooler_in_every_query_mode() {
     let a = app("pgbench");
     let pooler = Pooler::start(&a, bed().postgres.port, &["--pool-size", "4"]);
     let pg = &bed().postgres;
@@ -651,15 +456,27 @@ fn pgbench_runs_through_the_pooler_with_simple_and_extended_protocol() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     run(&["-i", "-q", "-s", "1"], pooler.port);
-    for mode in ["simple", "extended"] {
-        let out = run(
-            &["-c", "8", "-j", "2", "-t", "200", "-S", "-M", mode],
-            pooler.port,
-        );
-        assert!(out.contains("number of failed transactions: 0"), "{out}");
+    // select-only and tpcb-like in every query mode; -M prepared names its statements and
+    // reuses them in transactions that land on any of the four server connections. A thread
+    // per client: pgbench prepares each statement with a blocking PQprepare on first use, so a
+    // thread waiting there for a server connection would stall its other clients, which hold
+    // connections mid-transaction (true of any transaction pooler).
+    for mode in ["simple", "extended", "prepared"] {
+        for script in ["select-only", "tpcb-like"] {
+            let out = run(
+                &["-c", "8", "-j", "8", "-t", "100", "-b", script, "-M", mode],
+                pooler.port,
+            );
+            assert!(
+                out.contains("number of failed transactions: 0"),
+                "{mode} {script}: {out}"
+            );
+            assert!(
+                out.contains("number of transactions actually processed: 800/800"),
+                "{out}"
+            );
+        }
     }
-    let out = run(&["-c", "4", "-t", "50", "-M", "extended"], pooler.port);
-    assert!(out.contains("number of failed transactions: 0"), "{out}");
 }
 
 #[tokio::test]

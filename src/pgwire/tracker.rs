@@ -15,6 +15,9 @@ pub struct Tracker {
     /// Syncs sent since the last Execute: the server ignores them if that Execute starts a
     /// COPY FROM STDIN.
     since_execute: usize,
+    /// The client ended a COPY (CopyDone/CopyFail) after the last Execute: Syncs it sends
+    /// after that are answered.
+    copy_ended: bool,
     copy_in: bool,
 }
 
@@ -25,6 +28,7 @@ impl Default for Tracker {
             status: IDLE,
             unsynced: false,
             since_execute: 0,
+            copy_ended: false,
             copy_in: false,
         }
     }
@@ -44,15 +48,21 @@ impl Tracker {
             b'S' if !self.copy_in => {
                 self.pending += 1;
                 self.unsynced = false;
-                self.since_execute += 1;
+                if !self.copy_ended {
+                    self.since_execute += 1;
+                }
             }
             b'E' => {
                 self.unsynced = true;
                 self.since_execute = 0;
+                self.copy_ended = false;
             }
             b'P' | b'B' | b'D' | b'C' => self.unsynced = true,
             // CopyDone, CopyFail.
-            b'c' | b'f' => self.copy_in = false,
+            b'c' | b'f' => {
+                self.copy_in = false;
+                self.copy_ended = true;
+            }
             _ => {}
         }
     }
@@ -153,6 +163,11 @@ mod tests {
         run(&mut t, b"PBES", &[(b'1', 0), (b'2', 0), (b'G', 0)]);
         assert!(!t.idle());
         run(&mut t, b"ddcS", &[(b'C', 0), (b'Z', IDLE)]);
+        assert!(t.idle());
+        // All of it pipelined: only the Sync sent before CopyDone is ignored.
+        run(&mut t, b"PBESddcS", &[(b'1', 0), (b'2', 0), (b'G', 0)]);
+        assert!(!t.idle());
+        run(&mut t, b"", &[(b'C', 0), (b'Z', IDLE)]);
         assert!(t.idle());
         // Simple-protocol COPY.
         run(&mut t, b"Q", &[(b'G', 0)]);

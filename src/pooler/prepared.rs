@@ -117,6 +117,8 @@ enum Expect {
     Simple(Effect),
     /// An answer the pooler makes up, due once everything before it is answered.
     Reply(Vec<u8>, Undo),
+    /// CopyDone or CopyFail: not answered itself, but the Syncs after it are not ignored.
+    CopyEnd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,7 +285,7 @@ impl Prepared {
                     put(
                         out,
                         b'P',
-                        &[existing.server_name.as_bytes(), b"\0", &rest[..]],
+                        &[existing.server_name.as_bytes(), b"\0", rest],
                     );
                     self.expect(Expect::Plain(Kind::Parse), cache);
                     return Ok(());
@@ -403,7 +405,11 @@ impl Prepared {
                 out.extend_from_slice(frame);
                 self.expect(Expect::Simple(Effect::None), cache);
             }
-            // Flush, CopyData, CopyDone, CopyFail: nothing owed for them.
+            b'c' | b'f' => {
+                out.extend_from_slice(frame);
+                self.expect(Expect::CopyEnd, cache);
+            }
+            // Flush, CopyData: nothing owed for them.
             _ => out.extend_from_slice(frame),
         }
         Ok(())
@@ -411,7 +417,7 @@ impl Prepared {
 
     /// Appends the made-up answers now due (everything before them answered) to `out`.
     pub fn replies(&mut self, out: &mut Vec<u8>) {
-        while let Some(Expect::Reply(..)) = self.queue.front() {
+        while let Some(Expect::Reply(..) | Expect::CopyEnd) = self.queue.front() {
             if let Some(Expect::Reply(msg, _)) = self.queue.pop_front() {
                 out.extend_from_slice(&msg);
             }
@@ -449,7 +455,8 @@ impl Prepared {
             (b'Z', Some(Expect::Sync | Expect::Simple(_))) => true,
             (b'Z', _) => return Err(desync()),
             (b'G', Some(Expect::Execute)) => {
-                // COPY FROM STDIN: the server ignores the Syncs already sent behind it.
+                // COPY FROM STDIN: the server ignores the Syncs sent behind it before the
+                // COPY's end.
                 while matches!(self.queue.get(1), Some(Expect::Sync)) {
                     self.queue.remove(1);
                 }

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use testbed::Bed;
 
+pub mod pooler;
+
 /// The bed for this test binary.
 pub fn bed() -> &'static Bed {
     static BED: OnceLock<Bed> = OnceLock::new();
