@@ -282,11 +282,7 @@ impl Prepared {
                     // PostgreSQL refuses a second statement of the same name: send this one
                     // under the existing statement's server name, and the server says so.
                     self.ensure(&existing, cache, out);
-                    put(
-                        out,
-                        b'P',
-                        &[existing.server_name.as_bytes(), b"\0", rest],
-                    );
+                    put(out, b'P', &[existing.server_name.as_bytes(), b"\0", rest]);
                     self.expect(Expect::Plain(Kind::Parse), cache);
                     return Ok(());
                 }
