@@ -2,7 +2,8 @@
 # make bench-pooler: dbconn pooler vs PgBouncer vs direct PostgreSQL, side by side in one run
 # on a fresh test bed (run through scripts/with-bed.sh, which exports DATABASE_URL,
 # PGSSLROOTCERT and DBCONN_BED). Same pool size and transaction mode for both poolers; pgbench
-# select-only (-S) with -M simple and -M extended at 10 and 100 clients, and -C (a new
+# select-only (-S) with -M simple, -M extended and -M prepared (named statements, which each
+# transaction may run on a different server connection) at 10 and 100 clients, and -C (a new
 # connection per transaction); once with a plain upstream and once with verify-full TLS
 # upstream. Prints tps, mean latency, pooler CPU µs per transaction (from /proc) and ratios.
 # Nothing here is asserted: these machines are shared and noisy.
@@ -101,7 +102,7 @@ run() {
   before=$( [ "$pid" = - ] && echo 0 || cpu_ticks "$pid")
   out=$(PGPASSWORD="$password" PGSSLMODE="$mode" PGSSLROOTCERT="$PGSSLROOTCERT" \
     "$pgbin/pgbench" -n -S -T "$SECONDS_PER_ROW" -j 2 -h "$([ "$mode" = verify-full ] && echo localhost || echo 127.0.0.1)" \
-    -p "$p" -U bench "$@" bench 2>&1) || { echo "failed - -"; echo "$out" >&2; return; }
+    -p "$p" -U bench "$@" bench 2>&1) || { echo "failed - -"; tail -3 <<<"$out" >&2; return; }
   after=$( [ "$pid" = - ] && echo 0 || cpu_ticks "$pid")
   tps=$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' <<<"$out" | head -1)
   lat=$(sed -nE 's/^latency average = ([0-9.]+) ms/\1/p' <<<"$out")
@@ -119,14 +120,16 @@ for upstream in plain tls; do
   start_dbconn "$upstream"; dport=$PORT; dpid=$PID
   start_pgbouncer "$upstream"; bport=$PORT; bpid=$PID
   direct_mode=disable; [ "$upstream" = tls ] && direct_mode=verify-full
-  for row in "simple 10" "simple 100" "extended 10" "extended 100" "connect 10"; do
+  for row in "simple 10" "simple 100" "extended 10" "extended 100" "prepared 10" "prepared 100" "connect 10"; do
     set -- $row
     if [ "$1" = connect ]; then args=(-C -c "$2" -M simple); label="-C -c $2"; else args=(-M "$1" -c "$2"); label="-M $1 -c $2"; fi
     read -r dtps _ _ < <(run "$port" "$direct_mode" - "${args[@]}")
     read -r btps _ bcpu < <(run "$bport" disable "$bpid" "${args[@]}")
     read -r ctps clat ccpu < <(run "$dport" disable "$dpid" "${args[@]}")
-    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
-    printf '%-7s %-22s %12.0f %10.0f %10.0f %12s %10s %10s %10s %10s\n' "$upstream" "$label" "$dtps" "$btps" "$ctps" \
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else print "-" }'; }
+    # A pooler that cannot run the workload (PgBouncer before 1.21 with -M prepared) shows "fails".
+    num() { if [[ $1 =~ ^[0-9.]+$ ]]; then printf '%.0f' "$1"; else echo fails; fi; }
+    printf '%-7s %-22s %12s %10s %10s %12s %10s %10s %10s %10s\n' "$upstream" "$label" "$(num "$dtps")" "$(num "$btps")" "$(num "$ctps")" \
       "$(ratio "$ctps" "$btps")" "$(ratio "$ctps" "$dtps")" "$bcpu" "$ccpu" "$clat"
   done
 done

@@ -16,6 +16,98 @@ struct Cli {
     command: Command,
 }
 
+/// The pod-injection webhook's flags (all off unless --webhook-addr is given).
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// Serve the pod-injection webhook (HTTPS) here, e.g. 0.0.0.0:9443.
+    #[arg(long, env = "DBCONN_WEBHOOK_ADDR")]
+    webhook_addr: Option<String>,
+    /// The Secret (operator namespace) with the webhook's tls.crt, tls.key and ca.crt.
+    #[arg(
+        long,
+        env = "DBCONN_WEBHOOK_SECRET",
+        default_value = "dbconn-webhook-tls"
+    )]
+    webhook_secret: String,
+    /// self: the operator issues and renews the certificate and patches the caBundle;
+    /// external: cert-manager (or another tool) fills the Secret.
+    #[arg(long, env = "DBCONN_WEBHOOK_CERTS", default_value = "self", value_parser = ["self", "external"])]
+    webhook_certs: String,
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps.
+    #[arg(long, env = "DBCONN_WEBHOOK_CONFIG", default_value = "dbconn")]
+    webhook_config: String,
+    /// The webhook's Service (its DNS names go into the certificate).
+    #[arg(long, env = "DBCONN_WEBHOOK_SERVICE", default_value = "dbconn-webhook")]
+    webhook_service: String,
+    /// More certificate names or IP addresses, comma-separated (a url clientConfig's host).
+    #[arg(long, env = "DBCONN_WEBHOOK_EXTRA_NAMES", value_delimiter = ',')]
+    webhook_extra_names: Vec<String>,
+    /// deny: a pod that cannot get its sidecar is refused; admit: admitted with a warning.
+    #[arg(long, env = "DBCONN_WEBHOOK_FAILURE_MODE", default_value = "deny", value_parser = ["deny", "admit"])]
+    webhook_failure_mode: String,
+    /// Connections one pod may name.
+    #[arg(long, env = "DBCONN_MAX_CONNECTIONS_PER_POD", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
+    max_connections_per_pod: u16,
+    /// The sidecar's image (the chart sets the operator's own).
+    #[arg(
+        long,
+        env = "DBCONN_POOLER_IMAGE",
+        default_value = "ghcr.io/dbconn/dbconn:0.1.0"
+    )]
+    pooler_image: String,
+    /// The sidecar's default resources; empty sets none. Pod annotations
+    /// dbconn.io/pooler-{cpu,memory}-{request,limit} override them.
+    #[arg(long, env = "DBCONN_POOLER_CPU_REQUEST", default_value = "10m")]
+    pooler_cpu_request: String,
+    #[arg(long, env = "DBCONN_POOLER_MEMORY_REQUEST", default_value = "16Mi")]
+    pooler_memory_request: String,
+    #[arg(long, env = "DBCONN_POOLER_CPU_LIMIT", default_value = "")]
+    pooler_cpu_limit: String,
+    #[arg(long, env = "DBCONN_POOLER_MEMORY_LIMIT", default_value = "64Mi")]
+    pooler_memory_limit: String,
+}
+
+impl WebhookArgs {
+    fn settings(self) -> anyhow::Result<Option<dbconn::webhook::Settings>> {
+        use dbconn::webhook::{Certs, FailureMode};
+        let Some(addr) = self.webhook_addr.filter(|a| !a.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let set = |v: String| Some(v).filter(|v| !v.trim().is_empty());
+        Ok(Some(dbconn::webhook::Settings {
+            addr: addr
+                .parse()
+                .with_context(|| format!("--webhook-addr {addr:?} is not host:port"))?,
+            secret: self.webhook_secret,
+            certs: if self.webhook_certs == "external" {
+                Certs::External
+            } else {
+                Certs::SelfSigned
+            },
+            config_name: self.webhook_config,
+            service: self.webhook_service,
+            extra_names: self
+                .webhook_extra_names
+                .into_iter()
+                .filter(|n| !n.trim().is_empty())
+                .collect(),
+            failure_mode: if self.webhook_failure_mode == "admit" {
+                FailureMode::Admit
+            } else {
+                FailureMode::Deny
+            },
+            sidecar: dbconn::inject::Sidecar {
+                image: self.pooler_image,
+                cpu_request: set(self.pooler_cpu_request),
+                memory_request: set(self.pooler_memory_request),
+                cpu_limit: set(self.pooler_cpu_limit),
+                memory_limit: set(self.pooler_memory_limit),
+                max_connections: usize::from(self.max_connections_per_pod),
+            },
+        }))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller for DatabaseConnections and DatabaseServers.
@@ -48,6 +140,8 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long, env = "DBCONN_LOG_JSON")]
         log_json: bool,
+        #[command(flatten)]
+        webhook: WebhookArgs,
     },
     /// Log in as a connection's role and print what it can do; exit 1 when something asked
     /// for is missing, 2 when the login fails.
@@ -335,6 +429,7 @@ fn main() -> anyhow::Result<()> {
             lease_seconds,
             http_addr,
             log_json,
+            webhook,
         } => {
             dbconn::telemetry::init(log_json);
             let lease = (!no_leader_election).then_some(dbconn::operator::LeaseSettings {
@@ -349,6 +444,7 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
                 lease,
                 http: http_addr,
+                webhook: webhook.settings()?,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(async {

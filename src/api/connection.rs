@@ -320,6 +320,10 @@ pub struct DatabaseConnectionStatus {
     /// What the role can really do, checked by logging in as it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privileges: Option<PrivilegeSummary>,
+    /// Pods that name this connection in `dbconn.io/connections` but run without its
+    /// sidecar (created while the webhook was unavailable, or admitted with a warning).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uninjected_pods: Vec<String>,
 }
 
 /// Counts of desired privileges the role has and lacks.

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -50,11 +50,15 @@ pub struct Settings {
     pub lease: Option<LeaseSettings>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub http: SocketAddr,
+    /// The pod-injection webhook, served by every replica; `None` serves none.
+    pub webhook: Option<crate::webhook::Settings>,
 }
 
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
+    /// Pods that asked for injection (label dbconn.io/inject=true), for the backstop.
+    pub pods: reflector::Store<Pod>,
     pub settings: Settings,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -232,7 +236,18 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         controller: "dbconn".into(),
         instance: Some(settings.identity.clone()),
     };
+    // Every replica keeps these caches: the webhook answers from them without a network call.
+    let (pods, pod_writer) = reflector::store();
+    let pod_watch = watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{}=true", crate::inject::LABEL)),
+    )
+    .default_backoff()
+    .reflect(pod_writer)
+    .for_each(|_| async {});
+    let caches = tokio::spawn(pod_watch);
     let ctx = Arc::new(Context {
+        pods,
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         backoff: Backoff::new(Duration::from_secs(1), settings.max_backoff),
@@ -249,6 +264,32 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
     }
     let http = tokio::spawn(serve(listener, routes(ctx.clone(), ready.clone())));
+    let webhook = match ctx.settings.webhook.clone() {
+        Some(settings) => {
+            let (store, writer) = reflector::store();
+            let watch = watcher(
+                Api::<DatabaseConnection>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|_| async {});
+            let serving = crate::webhook::run(
+                client.clone(),
+                ctx.settings.namespace.clone(),
+                settings,
+                store,
+                ctx.recorder.clone(),
+            );
+            Some(tokio::spawn(async move {
+                tokio::select! {
+                    () = watch => Ok(()),
+                    r = serving => r,
+                }
+            }))
+        }
+        None => None,
+    };
 
     let shutdown = crate::shutdown::signal();
     tokio::pin!(shutdown);
@@ -280,6 +321,14 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         }
     };
     http.abort();
+    caches.abort();
+    if let Some(w) = webhook
+        && w.is_finished()
+        && let Ok(Err(e)) = w.await
+    {
+        tracing::error!(error = %format!("{e:#}"), "the webhook stopped");
+        return Err(e);
+    }
     tracing::info!("dbconn operator stopped");
     result
 }
@@ -329,6 +378,17 @@ async fn controllers(ctx: Arc<Context>) {
                     .into_iter()
                     .filter(|c| c.spec.server_ref.as_deref() == Some(name.as_str()))
                     .map(|c| ObjectRef::from_obj(&*c))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{}=true", crate::inject::LABEL)),
+            |pod| {
+                let ns = pod.namespace().unwrap_or_default();
+                crate::inject::requested(&pod)
+                    .into_iter()
+                    .map(|name| ObjectRef::new(&name).within(&ns))
                     .collect::<Vec<_>>()
             },
         )

@@ -509,11 +509,58 @@ async fn publish_status(
         server_version: r.version,
         secret_name: r.secret_name,
         privileges: r.privileges,
+        uninjected_pods: uninjected(conn, ctx),
     };
     if conn.status.as_ref() == Some(&status) {
         return Ok(());
     }
+    let before = conn
+        .status
+        .as_ref()
+        .map(|s| s.uninjected_pods.as_slice())
+        .unwrap_or_default();
+    let new: Vec<&String> = status
+        .uninjected_pods
+        .iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    if !new.is_empty() {
+        let names: Vec<&str> = new.iter().map(|s| s.as_str()).collect();
+        publish(
+            conn,
+            ctx,
+            EventType::Warning,
+            "PodsNotInjected",
+            format!(
+                "pods {} ask for this connection but run without its dbconn sidecar (created while the webhook was unavailable?): delete them to have them injected",
+                names.join(", ")
+            ),
+        )
+        .await;
+    }
     patch_status(conn, ctx, &status).await
+}
+
+/// Pods in the connection's namespace that name it for injection but lack its sidecar.
+fn uninjected(conn: &DatabaseConnection, ctx: &Context) -> Vec<String> {
+    let (ns, name) = (conn.namespace(), conn.name_any());
+    let sidecar = crate::inject::container_name(&name);
+    let mut pods: Vec<String> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == ns && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| crate::inject::requested(p).contains(&name))
+        .filter(|p| {
+            !p.spec
+                .iter()
+                .flat_map(|s| s.init_containers.iter().flatten())
+                .any(|c| c.name == sidecar)
+        })
+        .map(|p| p.name_any())
+        .collect();
+    pods.sort();
+    pods
 }
 
 async fn patch_status(

@@ -42,6 +42,7 @@ impl Tracker {
             b'Q' => {
                 self.pending += 1;
                 self.since_execute = 0;
+                self.copy_ended = false;
             }
             b'F' => self.pending += 1,
             // Sync: one ReadyForQuery, except while COPY IN ignores it.
@@ -76,7 +77,8 @@ impl Tracker {
             }
             // CopyInResponse: the Syncs pipelined behind the Execute will be ignored.
             b'G' => {
-                self.copy_in = true;
+                // Unless the client has already sent its CopyDone or CopyFail.
+                self.copy_in = !self.copy_ended;
                 self.pending -= self.since_execute.min(self.pending);
                 self.since_execute = 0;
             }
