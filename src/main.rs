@@ -141,7 +141,7 @@ enum Command {
         #[arg(long, env = "DBCONN_LOG_JSON")]
         log_json: bool,
         #[command(flatten)]
-        webhook: WebhookArgs,
+        webhook: Box<WebhookArgs>,
     },
     /// Log in as a connection's role and print what it can do; exit 1 when something asked
     /// for is missing, 2 when the login fails.

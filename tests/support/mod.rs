@@ -106,6 +106,12 @@ pub struct Operator {
 impl Operator {
     /// Starts an operator with test-friendly timings plus `extra` flags.
     pub fn start(name: &str, extra: &[&str]) -> Operator {
+        Operator::start_with(name, extra, &[])
+    }
+
+    /// As `start`, with environment variables that win over the defaults (KUBECONFIG,
+    /// POD_NAMESPACE, …).
+    pub fn start_with(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
         install_crds();
         kubectl(&["create", "namespace", "dbconn-system"]);
         let tag = unique(name);
@@ -141,6 +147,7 @@ impl Operator {
             .env("POD_NAMESPACE", "dbconn-system")
             .env("POD_NAME", &tag)
             .env("RUST_LOG", "info,dbconn=debug")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("starting dbconn operator");
