@@ -14,7 +14,8 @@ setup: ## install PostgreSQL, PgBouncer and build kube-apiserver/etcd/helm once 
 demo: setup ## local bed + CRDs + operator; quickstart connection becomes Ready; psql with its Secret
 	scripts/demo.sh
 
-test: setup lint ## fmt + clippy, unit tests, integration tests on a fresh local bed
+test: setup lint chart-check ## fmt + clippy, chart and Dockerfile checks, release build, unit and integration tests on a fresh local bed
+	$(CARGO) build --release --locked --bin dbconn
 	scripts/with-bed.sh $(CARGO) test --workspace --locked -- --show-output
 
 lint: ## cargo fmt --check and clippy -D warnings

@@ -34,7 +34,12 @@ if [ -f "$BED_DIR/operator.pid" ] && kill -0 "$(cat "$BED_DIR/operator.pid")" 2>
   echo "already running (pid $(cat "$BED_DIR/operator.pid"))"
 else
   kubectl create namespace dbconn-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  POD_NAMESPACE=dbconn-system nohup target/debug/dbconn operator --http-addr 127.0.0.1:0 >"$BED_DIR/operator.log" 2>&1 &
+  # The chart's objects (RBAC, webhook configuration, Services…); its Deployment cannot run
+  # on this bed (no nodes), so the operator runs here, its webhook on a loopback URL.
+  "${DBCONN_CACHE:-$HOME/.cache/dbconn}/bin/helm" upgrade --install dbconn charts/dbconn -n dbconn-system \
+    --skip-crds --set webhook.url=https://127.0.0.1:9443/mutate-pods >/dev/null
+  POD_NAMESPACE=dbconn-system DBCONN_WEBHOOK_ADDR=127.0.0.1:9443 DBCONN_WEBHOOK_EXTRA_NAMES=127.0.0.1 \
+    nohup target/debug/dbconn operator --http-addr 127.0.0.1:0 >"$BED_DIR/operator.log" 2>&1 &
   echo $! >"$BED_DIR/operator.pid"
 fi
 
@@ -52,5 +57,57 @@ uri=$(kubectl -n shop get secret orders-db -o jsonpath='{.data.uri}' | base64 -d
 psql "${uri%%&sslrootcert=*}&sslrootcert=$PGSSLROOTCERT" -c 'SELECT current_user, ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()'
 step "dbconn check: log in as the role and list what it can do"
 target/debug/dbconn check --connection orders -n shop
+
+step "a connection for pods, with the pooler sidecar (spec.pooler.enabled)"
+kubectl apply -f - <<EOF
+apiVersion: dbconn.io/v1alpha1
+kind: DatabaseConnection
+metadata: {name: orders-pooled, namespace: shop}
+spec:
+  server:
+    urlSecretRef: {name: orders-db-admin, key: url}
+    tls: {sslmode: verify-full, caSecretRef: {name: orders-db-ca, key: ca.crt}}
+  database: postgres
+  role: {name: shop_orders_pooled}
+  access: readOnly
+  pooler: {enabled: true}
+EOF
+kubectl -n shop wait --for=condition=Ready dbconn/orders-pooled --timeout=120s
+
+step "an opted-in Pod: label dbconn.io/inject=true, annotation dbconn.io/connections"
+pod_yaml='apiVersion: v1
+kind: Pod
+metadata:
+  name: demo-app
+  namespace: shop
+  labels: {dbconn.io/inject: "true"}
+  annotations: {dbconn.io/connections: orders-pooled}
+spec:
+  containers:
+    - {name: app, image: registry.example/shop/app:1.0}'
+kubectl -n shop delete pod demo-app --ignore-not-found --wait=false >/dev/null
+for i in $(seq 60); do
+  if out=$(echo "$pod_yaml" | kubectl apply -f - 2>&1); then echo "$out"; break; fi
+  [ "$i" = 60 ] && { echo "$out"; exit 1; }
+  sleep 1  # the webhook serves once its certificate is issued
+done
+echo "--- what the apiserver stored (the webhook's work):"
+kubectl -n shop get pod demo-app -o jsonpath='{.metadata.annotations.dbconn\.io/injected}{"\n"}'
+kubectl -n shop get pod demo-app -o yaml | sed -n '/^  initContainers:/,/^  [a-z]/p;/^  containers:/,/^  [a-z]/p'
+
+step "the sidecar's process, here: dbconn pooler on the Secret's files, psql through it"
+sdir="$BED_DIR/demo-secret"; rm -rf "$sdir"; mkdir -p "$sdir"
+kubectl -n shop get secret orders-pooled -o json | python3 -c '
+import base64, json, os, sys
+for k, v in json.load(sys.stdin)["data"].items():
+    open(os.path.join(sys.argv[1], k), "wb").write(base64.b64decode(v))' "$sdir"
+target/debug/dbconn pooler --secret-dir "$sdir" --listen 127.0.0.1:6432 --http-addr 127.0.0.1:16432 >"$BED_DIR/pooler.log" 2>&1 &
+pooler=$!
+trap 'kill $pooler 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -fs http://127.0.0.1:16432/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+uri=$(cat "$sdir/uri")
+echo "DATABASE_URL in the app container: $(sed -E 's#//([^:]*):[^@]*@#//\1:****@#' <<<"$uri")"
+psql "$uri" -c "SELECT current_user, ssl AS pooler_to_server_tls, version AS tls_version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+kill $pooler
 
 step "done: the bed and the operator keep running; 'make bed-down' stops them"
