@@ -126,7 +126,7 @@ for upstream in plain tls; do
     read -r dtps _ _ < <(run "$port" "$direct_mode" - "${args[@]}")
     read -r btps _ bcpu < <(run "$bport" disable "$bpid" "${args[@]}")
     read -r ctps clat ccpu < <(run "$dport" disable "$dpid" "${args[@]}")
-    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else print "-" }'; }
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2fx", a / b; else print "-" }'; }
     # A pooler that cannot run the workload (PgBouncer before 1.21 with -M prepared) shows "fails".
     num() { if [[ $1 =~ ^[0-9.]+$ ]]; then printf '%.0f' "$1"; else echo fails; fi; }
     printf '%-7s %-22s %12s %10s %10s %12s %10s %10s %10s %10s\n' "$upstream" "$label" "$(num "$dtps")" "$(num "$btps")" "$(num "$ctps")" \
