@@ -28,7 +28,26 @@ fn metric(p: &Pooler, line_start: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_statements_follow_ten_clients_across_two_server_connections() {
     let a = app("prep");
-    let pooler = Pooler::start(&a, bed().postgres.port, &["--pool-size", "2"]);
+    let pooler = Pooler::start(
+        &a,
+        bed().postgres.port,
+        &["--pool-size", "2", "--min-idle", "2"],
+    );
+    // Another client keeps taking one of the two server connections for a few milliseconds,
+    // so the clients' transactions keep changing server connection.
+    let holder = pooler.client(&a).await.expect("holder");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let holding = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                holder
+                    .batch_execute("SELECT pg_sleep(0.003)")
+                    .await
+                    .expect("holder");
+            }
+        })
+    };
     let mut tasks = Vec::new();
     for i in 0..10i32 {
         let c = pooler.client(&a).await.expect("client");
@@ -57,6 +76,8 @@ async fn named_statements_follow_ten_clients_across_two_server_connections() {
         moved += usize::from(pids.len() > 1);
         all.extend(pids);
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    holding.await.expect("holder task");
     assert_eq!(all.len(), 2, "two server connections: {all:?}");
     assert!(
         moved > 0,

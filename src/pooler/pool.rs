@@ -242,7 +242,7 @@ impl Pool {
     }
 
     /// Closes idle connections past their idle time-out or lifetime (keeping `min_idle`),
-    /// and opens connections up to `min_idle` while slots are free. Run periodically.
+    /// and opens connections until `min_idle` are open (idle or lent). Run periodically.
     pub async fn maintain(self: &Arc<Self>) {
         let generation = self.generation.load(Ordering::SeqCst);
         let now = Instant::now();
@@ -269,7 +269,13 @@ impl Pool {
         self.metrics
             .servers_idle
             .set(i64::try_from(idle_count).unwrap_or(i64::MAX));
-        for _ in idle_count..self.settings.min_idle {
+        // min_idle counts every open connection, lent or idle: never more than pool_size.
+        let lent = self
+            .settings
+            .pool_size
+            .saturating_sub(self.permits.available_permits());
+        let open = idle_count + lent;
+        for _ in open..self.settings.min_idle.min(self.settings.pool_size) {
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 break;
             };
