@@ -139,6 +139,14 @@ fn issue(names: &[String]) -> anyhow::Result<(String, String, String)> {
     Ok((issuer.pem(), cert.pem(), key.serialize_pem()))
 }
 
+/// The first PEM certificate of a bundle.
+fn first_certificate(pem: &[u8]) -> Option<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let text = std::str::from_utf8(pem).ok()?;
+    let end = text.find(END)? + END.len();
+    Some(format!("{}\n", text[..end].trim_start()))
+}
+
 fn data<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
     secret
         .data
@@ -176,6 +184,16 @@ async fn refresh(
     let names = cert_names(settings, namespace);
     if settings.certs == Certs::SelfSigned && needs_issue(secret.as_ref(), &names) {
         let (ca, cert, key) = issue(&names)?;
+        // The caBundle trusts the new CA and the one before it, so a replica still serving
+        // the previous certificate keeps working until it reloads.
+        let previous = secret
+            .as_ref()
+            .and_then(|s| data(s, "ca.crt"))
+            .and_then(first_certificate);
+        let ca = match previous {
+            Some(p) => format!("{ca}{p}"),
+            None => ca,
+        };
         let end = (time::OffsetDateTime::now_utc() + time::Duration::days(VALID_DAYS))
             .format(&time::format_description::well_known::Rfc3339)?;
         let new = Secret {
@@ -536,5 +554,11 @@ mod tests {
         assert!(needs_issue(Some(&secret(soon, &names.join(","))), &names));
         assert!(needs_issue(None, &names));
         assert!(certified_key(b"garbage", key.as_bytes()).is_err());
+        // A renewal's bundle keeps the previous CA first in line after the new one.
+        let bundle = format!("{ca}{ca}");
+        assert_eq!(
+            first_certificate(bundle.as_bytes()).as_deref(),
+            Some(ca.as_str())
+        );
     }
 }

@@ -13,6 +13,20 @@ use support::{
     namespace, repo, unique, wait_for,
 };
 
+/// A helm release, uninstalled when dropped (even when the test fails): its webhook
+/// configuration is cluster-wide and would refuse every later opted-in pod on this bed.
+struct Release {
+    name: String,
+    namespace: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ =
+            std::panic::catch_unwind(|| helm(&["uninstall", &self.name, "-n", &self.namespace]));
+    }
+}
+
 fn helm(args: &[&str]) -> String {
     let cache = std::env::var_os("DBCONN_CACHE")
         .map(std::path::PathBuf::from)
@@ -88,6 +102,10 @@ fn the_chart_installs_and_its_webhook_injects_opted_in_pods() {
     let system = namespace("dbconn-sys");
     let port = testbed::free_port().expect("port");
     let url = format!("https://127.0.0.1:{port}/mutate-pods");
+    let _installed = Release {
+        name: release.clone(),
+        namespace: system.clone(),
+    };
     helm(&[
         "install",
         &release,
@@ -159,7 +177,7 @@ fn the_chart_installs_and_its_webhook_injects_opted_in_pods() {
         "orders",
         &server,
         &format!(
-            "  database: {db}\n  role: {{name: orders_app}}\n  access: readWrite\n  pooler: {{enabled: true}}\n"
+            "  database: {db}\n  role: {{name: {db}_app}}\n  access: readWrite\n  pooler: {{enabled: true}}\n"
         ),
     ));
     apply_yaml(&connection(
@@ -402,5 +420,4 @@ fn the_chart_installs_and_its_webhook_injects_opted_in_pods() {
     };
     assert!(out.contains("is not Ready"), "{out}");
     drop(op);
-    helm(&["uninstall", &release, "-n", &system]);
 }

@@ -592,3 +592,34 @@ async fn a_with_hold_cursor_pins_the_connection_until_its_client_leaves() {
     )
     .await;
 }
+
+#[test]
+fn a_newer_protocol_minor_version_and_protocol_options_are_negotiated_down_to_3_0() {
+    let a = app("negotiate");
+    let pooler = Pooler::start(&a, bed().postgres.port, &[]);
+    // Protocol 3.2 with a _pq_ option, as a newer libpq may ask.
+    let mut body = ((3i32 << 16) | 2).to_be_bytes().to_vec();
+    for (k, v) in [
+        ("user", a.user.as_str()),
+        ("database", &a.db),
+        ("_pq_.future", "on"),
+    ] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend(body);
+    let mut w = Wire::connect_with(pooler.port, &packet, &a.password);
+    assert_eq!(w.login.first(), Some(&'v'), "{:?}", w.login);
+    let v = w.negotiated.clone().expect("NegotiateProtocolVersion");
+    assert_eq!(&v[..8], &[0, 3, 0, 0, 0, 0, 0, 1], "3.0, one option");
+    assert_eq!(&v[8..], b"_pq_.future\0");
+    w.send(&query("SELECT 1"));
+    assert_eq!(w.values(1), vec!["1"]);
+    // What PostgreSQL itself answers.
+    let direct = Wire::connect_with(bed().postgres.port, &packet, &a.password);
+    assert_eq!(direct.negotiated, w.negotiated);
+}

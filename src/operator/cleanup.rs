@@ -151,6 +151,19 @@ async fn drop_role(
         .batch_execute(&plan.stop_logins)
         .await
         .map_err(|e| Error::sql("disabling the role's logins", e))?;
+    // A CREATEROLE admin that is not a superuser needs the role's privileges to end its
+    // sessions (PostgreSQL 16+), hand its objects over and drop them.
+    let member: bool = admin
+        .query_one(plan.is_member, &[&role_name])
+        .await
+        .map_err(|e| Error::sql("checking role membership", e))?
+        .get(0);
+    if !member {
+        admin
+            .batch_execute(&plan.become_member)
+            .await
+            .map_err(|e| Error::sql("granting the role to the admin", e))?;
+    }
     let ended: i64 = admin
         .query_one(plan.terminate_sessions, &[&role_name])
         .await
@@ -164,19 +177,6 @@ async fn drop_role(
         .map(|r| r.get(0))
         .collect();
     databases.insert(resolved.base.database.clone());
-    // A CREATEROLE admin that is not a superuser needs the role's privileges to hand its
-    // objects over and drop them.
-    let member: bool = admin
-        .query_one(plan.is_member, &[&role_name])
-        .await
-        .map_err(|e| Error::sql("checking role membership", e))?
-        .get(0);
-    if !member {
-        admin
-            .batch_execute(&plan.become_member)
-            .await
-            .map_err(|e| Error::sql("granting the role to the admin", e))?;
-    }
     for db in &databases {
         let other;
         let client = if *db == resolved.base.database {

@@ -22,7 +22,11 @@ pub enum Startup {
         key: i32,
     },
     /// Protocol 3.x with its parameters (user, database, application_name, options, …).
-    Params(Vec<(String, String)>),
+    Params {
+        /// The minor version asked for; the pooler speaks 3.0 and says so when it is higher.
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
 }
 
 fn be_i32(b: &[u8]) -> i32 {
@@ -54,7 +58,10 @@ pub fn startup(buf: &[u8]) -> Result<Option<(Startup, usize)>, WireError> {
         SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => {
             return Err(WireError::Startup("request of the wrong length"));
         }
-        v if v >> 16 == 3 => Startup::Params(params(body)?),
+        v if v >> 16 == 3 => Startup::Params {
+            minor: u16::try_from(v & 0xffff).unwrap_or(u16::MAX),
+            params: params(body)?,
+        },
         v => {
             return Err(WireError::Version {
                 major: v >> 16,
@@ -154,10 +161,13 @@ mod tests {
         assert_eq!(n, p.len());
         assert_eq!(
             s,
-            Startup::Params(vec![
-                ("user".into(), "app".into()),
-                ("database".into(), "orders".into())
-            ])
+            Startup::Params {
+                minor: 0,
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "orders".into())
+                ]
+            }
         );
     }
 

@@ -49,6 +49,19 @@ pub fn parameter_status(out: &mut Vec<u8>, name: &str, value: &str) {
     });
 }
 
+/// NegotiateProtocolVersion: the newest protocol version spoken (as PostgreSQL sends it, major
+/// and minor in one number), and the `_pq_.` options not recognised.
+pub fn negotiate_protocol_version(out: &mut Vec<u8>, version: i32, options: &[&str]) {
+    message(out, b'v', |b| {
+        b.extend_from_slice(&version.to_be_bytes());
+        let n = i32::try_from(options.len()).unwrap_or(i32::MAX);
+        b.extend_from_slice(&n.to_be_bytes());
+        for o in options {
+            put_cstr(b, o);
+        }
+    });
+}
+
 pub fn backend_key_data(out: &mut Vec<u8>, pid: i32, key: i32) {
     message(out, b'K', |b| {
         b.extend_from_slice(&pid.to_be_bytes());
@@ -276,10 +289,13 @@ mod tests {
         assert_eq!(n, out.len());
         assert_eq!(
             s,
-            crate::pgwire::frame::Startup::Params(vec![
-                ("user".into(), "app".into()),
-                ("database".into(), "db".into())
-            ])
+            crate::pgwire::frame::Startup::Params {
+                minor: 0,
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "db".into())
+                ]
+            }
         );
     }
 }

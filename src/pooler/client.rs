@@ -170,7 +170,25 @@ async fn startup(
                         pool.cancel((pid, key)).await;
                         return Err(ClientError::Gone);
                     }
-                    Startup::Params(p) => break p,
+                    Startup::Params { minor, params } => {
+                        // A newer minor version or protocol options: say what is spoken, as
+                        // PostgreSQL does, before authentication.
+                        let options: Vec<&str> = params
+                            .iter()
+                            .map(|(k, _)| k.as_str())
+                            .filter(|k| k.starts_with("_pq_."))
+                            .collect();
+                        if minor > 0 || !options.is_empty() {
+                            let mut out = Vec::new();
+                            messages::negotiate_protocol_version(
+                                &mut out,
+                                frame::PROTOCOL_3_0,
+                                &options,
+                            );
+                            socket.write_all(&out).await?;
+                        }
+                        break params;
+                    }
                 }
             }
         }

@@ -213,6 +213,10 @@ pub fn startup(user: &str, db: &str) -> Vec<u8> {
 pub struct Wire {
     socket: std::net::TcpStream,
     buf: Vec<u8>,
+    /// The tags of the messages of the login, in order.
+    pub login: Vec<char>,
+    /// The body of a NegotiateProtocolVersion, if one came.
+    pub negotiated: Option<Vec<u8>>,
 }
 
 /// One message of a protocol exchange as the client sees it: its tag, and for ErrorResponse
@@ -221,20 +225,31 @@ pub type Seen = (char, String);
 
 impl Wire {
     pub fn connect(port: u16, user: &str, password: &str, db: &str) -> Wire {
+        Wire::connect_with(port, &startup(user, db), password)
+    }
+
+    /// Logs in with the given startup packet.
+    pub fn connect_with(port: u16, startup_packet: &[u8], password: &str) -> Wire {
         use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
         use std::io::Write;
         let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         socket
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
-        socket.write_all(&startup(user, db)).expect("startup");
+        socket.write_all(startup_packet).expect("startup");
         let mut w = Wire {
             socket,
             buf: Vec::new(),
+            login: Vec::new(),
+            negotiated: None,
         };
         let mut scram = None;
         loop {
             let (tag, body) = w.next();
+            w.login.push(tag as char);
+            if tag == b'v' {
+                w.negotiated = Some(body.clone());
+            }
             match tag {
                 b'R' => {
                     let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
