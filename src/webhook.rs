@@ -438,9 +438,11 @@ async fn handle(
     }
 }
 
-/// Serves the webhook until the task is dropped: keeps the certificate fresh, and answers on
-/// `settings.addr` once it has one.
+/// Serves the webhook on `listener` (bound to `settings.addr` by the caller, so a bad address
+/// stops the operator at start) until the task is dropped: keeps the certificate fresh, and
+/// answers once it has one.
 pub async fn run(
+    listener: tokio::net::TcpListener,
     client: Client,
     namespace: String,
     settings: Settings,
@@ -455,9 +457,6 @@ pub async fn run(
     .with_no_client_auth()
     .with_cert_resolver(served.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind(settings.addr)
-        .await
-        .with_context(|| format!("binding the webhook on {}", settings.addr))?;
     tracing::info!(addr = %settings.addr, "serving the pod webhook at /mutate-pods");
 
     let refresher = {

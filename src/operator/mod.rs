@@ -266,6 +266,9 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     let http = tokio::spawn(serve(listener, routes(ctx.clone(), ready.clone())));
     let webhook = match ctx.settings.webhook.clone() {
         Some(settings) => {
+            let listener = tokio::net::TcpListener::bind(settings.addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding the webhook on {}: {e}", settings.addr))?;
             let (store, writer) = reflector::store();
             let watch = watcher(
                 Api::<DatabaseConnection>::all(client.clone()),
@@ -275,6 +278,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
             .reflect(writer)
             .for_each(|_| async {});
             let serving = crate::webhook::run(
+                listener,
                 client.clone(),
                 ctx.settings.namespace.clone(),
                 settings,
@@ -283,8 +287,10 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
             );
             Some(tokio::spawn(async move {
                 tokio::select! {
-                    () = watch => Ok(()),
-                    r = serving => r,
+                    () = watch => {}
+                    r = serving => if let Err(e) = r {
+                        tracing::error!(error = %format!("{e:#}"), "the webhook stopped");
+                    }
                 }
             }))
         }
@@ -322,12 +328,8 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     };
     http.abort();
     caches.abort();
-    if let Some(w) = webhook
-        && w.is_finished()
-        && let Ok(Err(e)) = w.await
-    {
-        tracing::error!(error = %format!("{e:#}"), "the webhook stopped");
-        return Err(e);
+    if let Some(w) = webhook {
+        w.abort();
     }
     tracing::info!("dbconn operator stopped");
     result
