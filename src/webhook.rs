@@ -241,7 +241,7 @@ async fn refresh(
         };
         match written {
             Ok(s) => {
-                tracing::info!(secret = %settings.secret, "issued the webhook's serving certificate");
+                tracing::info!(secret_name = %settings.secret, "issued the webhook's serving certificate");
                 secret = Some(s);
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use support::pooler::{
     App, Pooler, Seen, Wire, app, bind, close_statement, describe_statement, execute, flush,
-    message, msg, parse, query, sync, value,
+    message, msg, parse, query, startup_with, sync, value,
 };
 use support::{bed, http_get};
 
@@ -598,20 +598,14 @@ fn a_newer_protocol_minor_version_and_protocol_options_are_negotiated_down_to_3_
     let a = app("negotiate");
     let pooler = Pooler::start(&a, bed().postgres.port, &[]);
     // Protocol 3.2 with a _pq_ option, as a newer libpq may ask.
-    let mut body = ((3i32 << 16) | 2).to_be_bytes().to_vec();
-    for (k, v) in [
-        ("user", a.user.as_str()),
-        ("database", &a.db),
-        ("_pq_.future", "on"),
-    ] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend(body);
+    let packet = startup_with(
+        (3 << 16) | 2,
+        &[
+            ("user", &a.user),
+            ("database", &a.db),
+            ("_pq_.future", "on"),
+        ],
+    );
     let mut w = Wire::connect_with(pooler.port, &packet, &a.password);
     assert_eq!(w.login.first(), Some(&'v'), "{:?}", w.login);
     let v = w.negotiated.clone().expect("NegotiateProtocolVersion");

@@ -238,13 +238,10 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     };
     // Every replica keeps these caches: the webhook answers from them without a network call.
     let (pods, pod_writer) = reflector::store();
-    let pod_watch = watcher(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{}=true", crate::inject::LABEL)),
-    )
-    .default_backoff()
-    .reflect(pod_writer)
-    .for_each(|_| async {});
+    let pod_watch = watcher(Api::<Pod>::all(client.clone()), injection_requests())
+        .default_backoff()
+        .reflect(pod_writer)
+        .for_each(|_| async {});
     let caches = tokio::spawn(pod_watch);
     let ctx = Arc::new(Context {
         pods,
@@ -385,7 +382,7 @@ async fn controllers(ctx: Arc<Context>) {
         )
         .watches(
             Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{}=true", crate::inject::LABEL)),
+            injection_requests(),
             |pod| {
                 let ns = pod.namespace().unwrap_or_default();
                 crate::inject::requested(&pod)
@@ -443,6 +440,11 @@ async fn controllers(ctx: Arc<Context>) {
         });
     tracing::info!("controllers started");
     futures::join!(connections, servers);
+}
+
+/// Pods that asked for injection: the webhook's label selector, for the backstop's watches.
+fn injection_requests() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{}=true", crate::inject::LABEL))
 }
 
 /// What a user can change on a DatabaseConnection: its generation (spec, deletion) and

@@ -555,12 +555,10 @@ impl Session {
         let edited = match self.prepared.as_mut() {
             Some(p) => {
                 let mut out = Vec::with_capacity(end + 64);
-                let before = conn.statements.len();
                 for &(tag, at, n) in &tags {
                     p.client(tag, &self.buf[at..at + n], &mut conn.statements, &mut out)?;
                 }
-                let added = conn.statements.len().saturating_sub(before);
-                self.pool.metrics.prepares.inc_by(added as u64);
+                self.pool.metrics.prepares.inc_by(p.take_parses_sent());
                 Some(out)
             }
             None => None,

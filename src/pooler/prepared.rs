@@ -70,7 +70,8 @@ impl Cache {
         self.names.clear();
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.names.len()
     }
 }
@@ -137,6 +138,8 @@ pub struct Prepared {
     /// An error was answered and its Sync is not sent yet: the server skips what comes.
     skipping: bool,
     capacity: usize,
+    /// Parses of named statements sent to a server since last asked (for the metric).
+    parses_sent: u64,
 }
 
 /// The name a statement has on every server connection: its text and parameter types, hashed.
@@ -211,6 +214,11 @@ impl Prepared {
         }
     }
 
+    /// Named statements prepared on a server since the last call.
+    pub fn take_parses_sent(&mut self) -> u64 {
+        std::mem::take(&mut self.parses_sent)
+    }
+
     /// Nothing owed: the server connection may go.
     pub fn settled(&self) -> bool {
         self.queue.is_empty() && !self.skipping
@@ -237,17 +245,29 @@ impl Prepared {
 
     /// Makes sure the server connection has `stmt`, adding its Parse when it lacks it.
     fn ensure(&mut self, stmt: &Statement, cache: &mut Cache, out: &mut Vec<u8>) {
-        if cache.has(&stmt.server_name) {
-            return;
+        if !cache.has(&stmt.server_name) {
+            self.send_parse(stmt, None, cache, out);
         }
+    }
+
+    /// Sends `stmt`'s Parse (making room in the cache first); `client_name` when the client
+    /// asked for it, `None` when the pooler added it and its ParseComplete is not the client's.
+    fn send_parse(
+        &mut self,
+        stmt: &Statement,
+        client_name: Option<String>,
+        cache: &mut Cache,
+        out: &mut Vec<u8>,
+    ) {
         self.make_room(cache, out);
         out.extend_from_slice(&stmt.parse);
         cache.insert(&stmt.server_name);
+        self.parses_sent += 1;
         self.expect(
             Expect::Parse {
-                added: true,
+                added: client_name.is_none(),
                 server_name: stmt.server_name.clone(),
-                client_name: None,
+                client_name,
             },
             cache,
         );
@@ -299,17 +319,7 @@ impl Prepared {
                     let undo = Undo::Forget(name.to_owned());
                     self.expect(Expect::Reply(empty(b'1'), undo), cache);
                 } else {
-                    self.make_room(cache, out);
-                    out.extend_from_slice(&stmt.parse);
-                    cache.insert(&stmt.server_name);
-                    self.expect(
-                        Expect::Parse {
-                            added: false,
-                            server_name: stmt.server_name.clone(),
-                            client_name: Some(name.to_owned()),
-                        },
-                        cache,
-                    );
+                    self.send_parse(&stmt, Some(name.to_owned()), cache, out);
                 }
             }
             b'B' => {

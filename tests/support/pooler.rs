@@ -194,8 +194,13 @@ pub fn raw(port: u16, bytes: &[u8]) -> Vec<u8> {
 }
 
 pub fn startup(user: &str, db: &str) -> Vec<u8> {
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
+    startup_with(196_608, &[("user", user), ("database", db)])
+}
+
+/// A startup packet asking for protocol `version` (major << 16 | minor) with `params`.
+pub fn startup_with(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());
