@@ -32,6 +32,21 @@ use super::common::{Conditions, CredentialsSecretRef, SecretKeyRef, TlsSpec};
 #[x_kube(validation = Rule::new(
     "has(oldSelf.serverRef) == has(self.serverRef) && (!has(self.serverRef) || self.serverRef == oldSelf.serverRef)"
 ).message("serverRef is immutable: create a new DatabaseConnection to use another server"))]
+#[x_kube(validation = Rule::new(
+    "has(oldSelf.server) == has(self.server) && (!has(self.server) || (\
+     (has(self.server.url) ? self.server.url : '') == (has(oldSelf.server.url) ? oldSelf.server.url : '') && \
+     (has(self.server.host) ? self.server.host : '') == (has(oldSelf.server.host) ? oldSelf.server.host : '') && \
+     (has(self.server.port) ? self.server.port : 0) == (has(oldSelf.server.port) ? oldSelf.server.port : 0) && \
+     has(self.server.urlSecretRef) == has(oldSelf.server.urlSecretRef) && \
+     (!has(self.server.urlSecretRef) || (self.server.urlSecretRef.name == oldSelf.server.urlSecretRef.name && \
+       (has(self.server.urlSecretRef.key) ? self.server.urlSecretRef.key : '') == (has(oldSelf.server.urlSecretRef.key) ? oldSelf.server.urlSecretRef.key : '')))))"
+).message("the inline server's address (server.url, server.urlSecretRef, server.host, server.port) is immutable: create a new DatabaseConnection to use another server"))]
+#[x_kube(validation = Rule::new("self.database == oldSelf.database").message(
+    "database is immutable: create a new DatabaseConnection to use another database"
+))]
+#[x_kube(validation = Rule::new("self.role.name == oldSelf.role.name").message(
+    "role.name is immutable: create a new DatabaseConnection for another role"
+))]
 pub struct DatabaseConnectionSpec {
     /// Name of a cluster-scoped DatabaseServer to connect through. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,11 +71,23 @@ pub struct DatabaseConnectionSpec {
     #[x_kube(validation = Rule::new("self.all(s, size(bytes(s)) <= 63 && !s.contains('\\u0000'))").message(
         "schema names are 1 to 63 bytes without NUL (PostgreSQL would silently truncate longer names)"
     ))]
+    #[x_kube(validation = Rule::new(SYSTEM_SCHEMAS_RULE).message(SYSTEM_SCHEMAS_MESSAGE))]
     pub schemas: Vec<String>,
     /// Privileges in addition to `access`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub grants: Vec<Grant>,
+    /// Roles whose future tables, sequences and functions in `schemas` (and in `*` grants)
+    /// this role gets its privileges on, through ALTER DEFAULT PRIVILEGES FOR ROLE (PostgreSQL
+    /// docs, "ALTER DEFAULT PRIVILEGES"): typically the migration role that creates the tables.
+    /// Unset: the owner of each schema. On a DatabaseServer each must own one of the schemas
+    /// or match the policy's roleNames.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 63)))]
+    #[x_kube(validation = Rule::new("self.all(r, size(bytes(r)) <= 63 && !r.contains('\\u0000'))").message(
+        "role names are 1 to 63 bytes without NUL"
+    ))]
+    pub default_privileges_for: Vec<String>,
     /// The Secret that receives the connection details.
     #[serde(default)]
     pub secret: SecretSpec,
@@ -75,6 +102,16 @@ pub struct DatabaseConnectionSpec {
 
 fn default_schemas() -> Vec<String> {
     vec!["public".into()]
+}
+
+/// CEL: no system schema in a list of schema names (PostgreSQL reserves `pg_*`).
+const SYSTEM_SCHEMAS_RULE: &str = "self.all(s, !s.startsWith('pg_') && s != 'information_schema')";
+const SYSTEM_SCHEMAS_MESSAGE: &str = "system schemas (pg_catalog, information_schema, pg_toast, pg_temp_*) cannot be granted on: name an application schema";
+
+/// Whether `schema` is one of PostgreSQL's own (`pg_*` is reserved for them) or the SQL
+/// standard's information_schema: dbconn never grants on those. Pure.
+pub fn is_system_schema(schema: &str) -> bool {
+    schema.starts_with("pg_") || schema == "information_schema"
 }
 
 /// A server given inline: a URL, a URL in a Secret, or host/port/database.
@@ -180,9 +217,11 @@ pub enum Access {
     "privilege does not apply to this object: tables take SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER; sequences USAGE, SELECT, UPDATE; functions EXECUTE; schemas USAGE, CREATE; the database CONNECT, CREATE, TEMPORARY; any of them ALL"
 ))]
 pub struct Grant {
-    /// Schema of the objects (or the schema itself when no objects are named).
+    /// Schema of the objects (or the schema itself when no objects are named). Not a system
+    /// schema (pg_catalog, information_schema, pg_toast, pg_temp_*).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("!self.startsWith('pg_') && self != 'information_schema'").message(SYSTEM_SCHEMAS_MESSAGE))]
     pub schema: Option<String>,
     /// Table (and view) names, or `*` for every table in the schema, now and later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,7 +262,7 @@ pub enum Privilege {
 }
 
 /// The Secret dbconn writes.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretSpec {
     /// Name of the Secret; defaults to the DatabaseConnection's name.
@@ -231,8 +270,18 @@ pub struct SecretSpec {
     #[schemars(length(min = 1, max = 253))]
     pub name: Option<String>,
     /// Extra keys rendered from templates over the connection fields, for example
-    /// `DATABASE_URL: "{{ uri }}"`.
+    /// `DATABASE_URL: "{{ uri }}"`: at most 32 keys of Secret-key characters, each template at
+    /// most 4 KiB. Templates are a bounded subset of Jinja (minijinja): `{{ variable | filter }}`,
+    /// `{% if %}`, literals, comparisons; no loops, assignments, macros or string arithmetic.
+    /// A rendered value may be at most 64 KiB and the whole Secret 1 MiB.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("size(self) <= 32").message("secret.template holds at most 32 keys"))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 253 && k.matches('^[-._a-zA-Z0-9]+$'))").message(
+        "secret.template keys are Secret keys: 1 to 253 of the characters -._a-zA-Z0-9"
+    ))]
+    #[x_kube(validation = Rule::new("self.all(k, size(self[k]) <= 4096)").message(
+        "a secret.template value is at most 4096 characters"
+    ))]
     pub template: BTreeMap<String, String>,
 }
 

@@ -49,6 +49,68 @@ pub struct DatabaseServerSpec {
     /// the operator's own namespace; `{}`: every namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_namespaces: Option<LabelSelector>,
+    /// What each allowed namespace may use here: databases, role names, schemas, and whether
+    /// it may adopt roles dbconn did not create. A namespace gets the union of every rule whose
+    /// namespaceSelector matches it, and nothing when none does. Unset or empty: one rule for
+    /// every allowed namespace, `{databases: ["{namespace}"], roleNames: ["{namespace}_*"]}`
+    /// (a database named after the namespace, roles prefixed with it, no adoption).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tenants: Vec<TenantPolicy>,
+}
+
+/// One rule of a DatabaseServer's tenancy policy. Names are exact or patterns: `*` matches any
+/// run of characters (also none), `{namespace}` stands for the connection's namespace; anything
+/// else matches itself, case-sensitively, as PostgreSQL compares names. Namespace names cannot
+/// contain `_`, so `{namespace}_*` never matches another namespace's names.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantPolicy {
+    /// Namespaces this rule covers (a label selector over the allowed namespaces); unset: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Databases a connection may name in spec.database.
+    #[serde(default = "default_databases")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub databases: Vec<String>,
+    /// Role names a connection may create, adopt or claim (spec.role.name), and name in
+    /// spec.defaultPrivilegesFor.
+    #[serde(default = "default_role_names")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub role_names: Vec<String>,
+    /// Schemas a connection may be granted privileges on (spec.schemas, grants[].schema).
+    #[serde(default = "default_schemas")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub schemas: Vec<String>,
+    /// Whether a connection may take over an existing role that dbconn did not create (one
+    /// without dbconn's marker). It must name the role's current password in
+    /// role.passwordSecretRef, and dbconn logs in with it before it changes anything.
+    #[serde(default)]
+    pub adopt_existing_roles: bool,
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        Self {
+            namespace_selector: None,
+            databases: default_databases(),
+            role_names: default_role_names(),
+            schemas: default_schemas(),
+            adopt_existing_roles: false,
+        }
+    }
+}
+
+fn default_databases() -> Vec<String> {
+    vec!["{namespace}".into()]
+}
+
+fn default_role_names() -> Vec<String> {
+    vec!["{namespace}_*".into()]
+}
+
+fn default_schemas() -> Vec<String> {
+    vec!["*".into()]
 }
 
 fn default_admin_database() -> String {

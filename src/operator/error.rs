@@ -44,15 +44,43 @@ pub enum Error {
     #[error("{0}")]
     RoleNotAllowed(String),
     #[error(
-        "role {0:?} exists and was not created by this DatabaseConnection: set role.passwordSecretRef to its password to use it"
+        "role {0:?} exists and was not created by this DatabaseConnection: set role.passwordSecretRef to its password to adopt it"
     )]
     RoleNotManaged(String),
+    #[error(
+        "role {role:?} is managed by {owner}: a role has one DatabaseConnection at a time; choose another role.name"
+    )]
+    RoleClaimed { role: String, owner: String },
+    #[error(
+        "role {role:?} exists and dbconn did not create it; logging in with the password of role.passwordSecretRef failed ({cause}), so dbconn leaves the role untouched"
+    )]
+    AdoptionUnproven { role: String, cause: String },
+    #[error("{0}")]
+    NotAllowed(#[from] super::policy::Refusal),
+    #[error(
+        "{0} is a system schema: dbconn grants nothing on pg_catalog, information_schema, pg_toast or pg_temp_*"
+    )]
+    SystemSchema(String),
+    #[error(
+        "defaultPrivilegesFor names role {role:?}, which owns none of this connection's schemas and is not a role name {server} allows for namespace {namespace}"
+    )]
+    CreatorNotAllowed {
+        role: String,
+        server: String,
+        namespace: String,
+    },
     #[error("invalid name: {0}")]
     Name(#[from] IdentError),
     #[error("{step}: {message}")]
     Sql { step: &'static str, message: String },
     #[error("{0}")]
-    Template(#[from] super::secret::TemplateError),
+    Template(#[from] super::template::TemplateError),
+    #[error(
+        "the Secret would hold {size} bytes, more than Kubernetes' {limit}: shorten secret.template"
+    )]
+    SecretTooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    DropBlocked(String),
     #[error(
         "secret {0} exists and is not managed by this DatabaseConnection: choose another spec.secret.name"
     )]
@@ -79,9 +107,16 @@ impl Error {
             Error::RoleMissing(_) => "RoleNotFound",
             Error::RoleNotAllowed(_) => "RoleNotAllowed",
             Error::RoleNotManaged(_) => "RoleNotManaged",
+            Error::RoleClaimed { .. } => "RoleClaimed",
+            Error::AdoptionUnproven { .. } => "AdoptionUnproven",
+            Error::NotAllowed(r) => r.kind.reason(),
+            Error::SystemSchema(_) => "SchemaNotAllowed",
+            Error::CreatorNotAllowed { .. } => "RoleNameNotAllowed",
             Error::Name(_) => "InvalidName",
             Error::Sql { .. } => "SQLFailed",
-            Error::Template(_) => "TemplateInvalid",
+            Error::Template(e) => e.reason(),
+            Error::SecretTooLarge { .. } => "SecretTooLarge",
+            Error::DropBlocked(_) => "DropBlocked",
             Error::Random(_) => "PasswordGenerationFailed",
             Error::SecretConflict(_) => "SecretConflict",
             Error::Kube(_) => "KubernetesAPIError",

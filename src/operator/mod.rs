@@ -2,15 +2,18 @@
 //! election, backoff, and the operations endpoint.
 
 mod backoff;
-mod cleanup;
+mod connection;
 mod error;
 mod leader;
 pub mod metrics;
-mod reconcile;
+pub mod policy;
 pub mod resolve;
 pub mod secret;
 mod server;
 pub mod status;
+pub mod template;
+
+use connection::cleanup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,6 +62,9 @@ pub struct Context {
     pub client: Client,
     /// Pods that asked for injection (label dbconn.io/inject=true), for the backstop.
     pub pods: reflector::Store<Pod>,
+    /// Every DatabaseConnection, as the webhook sees them (and, for markers written before
+    /// they named their connection, to tell whether a role's owner still exists).
+    pub connections: reflector::Store<DatabaseConnection>,
     pub settings: Settings,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -180,20 +186,19 @@ async fn reconcile_connection(
                 Ok(action)
             }
             (true, false) => Ok(Action::await_change()),
-            (false, has) => {
-                // Added in the same pass that does the work: one reconcile per change.
-                if !has {
-                    set_finalizer(&ctx, &conn, true).await?;
-                }
-                reconcile::reconcile(conn.clone(), ctx.clone()).await
-            }
+            // The finalizer is added by the reconcile once the connection is authorized.
+            (false, _) => connection::reconcile(conn.clone(), ctx.clone()).await,
         }
     };
     measured("DatabaseConnection", &*conn, &ctx, work).await
 }
 
-/// Adds or removes dbconn's finalizer, guarded by the resourceVersion it was read at.
+/// Adds or removes dbconn's finalizer (nothing when it already is as asked), guarded by the
+/// resourceVersion it was read at.
 async fn set_finalizer(ctx: &Context, conn: &DatabaseConnection, on: bool) -> Result<(), Error> {
+    if conn.finalizers().iter().any(|f| f == cleanup::FINALIZER) == on {
+        return Ok(());
+    }
     let mut finalizers: Vec<String> = conn
         .finalizers()
         .iter()
@@ -242,9 +247,20 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         .default_backoff()
         .reflect(pod_writer)
         .for_each(|_| async {});
-    let caches = tokio::spawn(pod_watch);
+    let (connections, connection_writer) = reflector::store();
+    let connection_watch = watcher(
+        Api::<DatabaseConnection>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(connection_writer)
+    .for_each(|_| async {});
+    let caches = tokio::spawn(async move {
+        futures::join!(pod_watch, connection_watch);
+    });
     let ctx = Arc::new(Context {
         pods,
+        connections: connections.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         backoff: Backoff::new(Duration::from_secs(1), settings.max_backoff),
@@ -266,28 +282,17 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(settings.addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("binding the webhook on {}: {e}", settings.addr))?;
-            let (store, writer) = reflector::store();
-            let watch = watcher(
-                Api::<DatabaseConnection>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .reflect(writer)
-            .for_each(|_| async {});
             let serving = crate::webhook::run(
                 listener,
                 client.clone(),
                 ctx.settings.namespace.clone(),
                 settings,
-                store,
+                connections,
                 ctx.recorder.clone(),
             );
             Some(tokio::spawn(async move {
-                tokio::select! {
-                    () = watch => {}
-                    r = serving => if let Err(e) = r {
-                        tracing::error!(error = %format!("{e:#}"), "the webhook stopped");
-                    }
+                if let Err(e) = serving.await {
+                    tracing::error!(error = %format!("{e:#}"), "the webhook stopped");
                 }
             }))
         }
@@ -362,11 +367,10 @@ async fn controllers(ctx: Arc<Context>) {
     .predicate_filter(user_change, Default::default());
     let connections = Controller::for_stream(changes, store.clone()).with_config(config.clone());
     let by_server = store.clone();
+    // No watch of Secrets outside the operator's namespace (least privilege: the operator
+    // cannot list or watch Secret data there): a changed or deleted connection Secret, or a
+    // referenced one, is seen at the next re-validation or when the connection changes.
     let connections = connections
-        .owns(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=dbconn"),
-        )
         .watches(
             Api::<DatabaseServer>::all(client.clone()),
             watcher::Config::default(),
@@ -388,19 +392,6 @@ async fn controllers(ctx: Arc<Context>) {
                 crate::inject::requested(&pod)
                     .into_iter()
                     .map(|name| ObjectRef::new(&name).within(&ns))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default(),
-            move |secret| {
-                let (ns, name) = (secret.namespace(), secret.name_any());
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|c| c.namespace() == ns && referenced_secrets(c).any(|s| s == name))
-                    .map(|c| ObjectRef::from_obj(&*c))
                     .collect::<Vec<_>>()
             },
         )
@@ -470,31 +461,6 @@ fn server_secrets(s: &DatabaseServer) -> impl Iterator<Item = &str> {
         tls.ca_secret_ref.as_ref().map(|r| r.name.as_str()),
         tls.client_cert_secret_ref.as_ref().map(|r| r.name.as_str()),
         tls.client_key_secret_ref.as_ref().map(|r| r.name.as_str()),
-    ]
-    .into_iter()
-    .flatten()
-}
-
-/// Names of the Secrets a connection reads in its own namespace.
-fn referenced_secrets(c: &DatabaseConnection) -> impl Iterator<Item = &str> {
-    let s = c.spec.server.as_ref();
-    let tls = s.map(|s| &s.tls);
-    [
-        s.and_then(|s| s.url_secret_ref.as_ref())
-            .map(|r| r.name.as_str()),
-        s.and_then(|s| s.admin_secret_ref.as_ref())
-            .map(|r| r.name.as_str()),
-        tls.and_then(|t| t.ca_secret_ref.as_ref())
-            .map(|r| r.name.as_str()),
-        tls.and_then(|t| t.client_cert_secret_ref.as_ref())
-            .map(|r| r.name.as_str()),
-        tls.and_then(|t| t.client_key_secret_ref.as_ref())
-            .map(|r| r.name.as_str()),
-        c.spec
-            .role
-            .password_secret_ref
-            .as_ref()
-            .map(|r| r.name.as_str()),
     ]
     .into_iter()
     .flatten()

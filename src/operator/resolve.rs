@@ -26,6 +26,12 @@ pub struct Resolved {
     /// Client certificate and key PEM for the application, from the connection's own
     /// namespace (a DatabaseServer's client certificate is the admin's and never copied).
     pub client_cert: Option<(String, String)>,
+    /// Where administrative sessions connect (the server's `database`): claims on role names
+    /// serialize on an advisory lock there.
+    pub admin_database: String,
+    /// What the namespace may use on a DatabaseServer; `None` for an inline server, which
+    /// belongs to the tenant that names it.
+    pub rules: Option<super::policy::Rules>,
 }
 
 impl Resolved {
@@ -128,34 +134,43 @@ async fn tls_material(
     Ok(m)
 }
 
+/// Why the server is resolved: to reconcile (the namespace must be allowed) or to clean up
+/// what the connection owns (ownership, proven on the server, is enough).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Reconcile,
+    Cleanup,
+}
+
 /// Resolves the server of `conn`. A DatabaseServer is used only when its allowedNamespaces
-/// admits the connection's namespace.
+/// admits the connection's namespace; its tenancy rules for that namespace come along.
 pub async fn resolve(
     client: &Client,
     conn: &DatabaseConnection,
     settings: &Settings,
+    purpose: Purpose,
 ) -> Result<Resolved, Error> {
     let operator_namespace = settings.namespace.as_str();
     let ns = conn.namespace().unwrap_or_default();
     let spec = &conn.spec;
-    let (host, port, tls, tls_ns, admin) = if let Some(name) = &spec.server_ref {
+    let mut rules = None;
+    let (host, port, tls, tls_ns, admin, admin_database) = if let Some(name) = &spec.server_ref {
         let server = Api::<DatabaseServer>::all(client.clone())
             .get_opt(name)
             .await?
             .ok_or_else(|| Error::ServerMissing(name.clone()))?;
-        if !namespace_allowed(
-            client,
-            &ns,
-            operator_namespace,
-            server.spec.allowed_namespaces.as_ref(),
-        )
-        .await?
-        {
+        let labels = namespace_labels(client, &ns).await?;
+        let allowed = match server.spec.allowed_namespaces.as_ref() {
+            None => ns == operator_namespace,
+            Some(selector) => selector_matches(selector, &labels),
+        };
+        if !allowed && purpose == Purpose::Reconcile {
             return Err(Error::ServerDenied {
                 server: name.clone(),
                 namespace: ns,
             });
         }
+        rules = Some(super::policy::Rules::for_namespace(&server, &ns, &labels));
         let admin = match &server.spec.admin_secret_ref {
             Some(r) => Some(credentials(client, operator_namespace, r).await?),
             None => None,
@@ -166,6 +181,7 @@ pub async fn resolve(
             server.spec.tls.clone(),
             operator_namespace.to_owned(),
             admin,
+            server.spec.database.clone(),
         )
     } else {
         let inline = spec.server.clone().unwrap_or_default();
@@ -173,12 +189,12 @@ pub async fn resolve(
             Some(r) => Some(credentials(client, &ns, r).await?),
             None => None,
         };
-        let (host, port) = if let Some(u) = inline.url.as_deref() {
+        let (host, port, url_database) = if let Some(u) = inline.url.as_deref() {
             let parsed = url::parse(u).map_err(|source| Error::BadUrl {
                 secret: "spec.server.url".into(),
                 source,
             })?;
-            (parsed.host, parsed.port.map(i32::from))
+            (parsed.host, parsed.port.map(i32::from), parsed.database)
         } else if let Some(r) = &inline.url_secret_ref {
             let text = key_ref(client, &ns, r, "url").await?;
             let parsed = url::parse(text.trim()).map_err(|source| Error::BadUrl {
@@ -188,9 +204,9 @@ pub async fn resolve(
             if let (None, Some(u), Some(p)) = (&admin, parsed.user, parsed.password) {
                 admin = Some((u, p));
             }
-            (parsed.host, parsed.port.map(i32::from))
+            (parsed.host, parsed.port.map(i32::from), parsed.database)
         } else {
-            (inline.host.clone().unwrap_or_default(), None)
+            (inline.host.clone().unwrap_or_default(), None, None)
         };
         (
             host,
@@ -198,12 +214,19 @@ pub async fn resolve(
             inline.tls.clone(),
             ns.clone(),
             admin,
+            inline
+                .database
+                .clone()
+                .or(url_database)
+                .unwrap_or_else(|| "postgres".into()),
         )
     };
     let material = tls_material(client, &tls_ns, &tls).await?;
     let port = u16::try_from(port).unwrap_or(5432);
     let mut base = Endpoint::new(host.clone(), port, spec.database.clone(), String::new());
     base.sslmode = tls.sslmode;
+    // A server the tenant names gets passwords only through SCRAM unless it is verified.
+    base.scram_only = spec.server_ref.is_none();
     // Which replica did what shows in pg_stat_activity and the server log.
     base.application_name = format!("dbconn-operator {}", settings.identity);
     let text = |p: &Option<Vec<u8>>| p.as_ref().map(|p| String::from_utf8_lossy(p).into_owned());
@@ -222,24 +245,20 @@ pub async fn resolve(
         admin,
         ca_pem,
         client_cert,
+        admin_database,
+        rules,
     })
 }
 
-async fn namespace_allowed(
+async fn namespace_labels(
     client: &Client,
     namespace: &str,
-    operator_namespace: &str,
-    selector: Option<&LabelSelector>,
-) -> Result<bool, Error> {
-    let Some(selector) = selector else {
-        return Ok(namespace == operator_namespace);
-    };
-    let labels = Api::<Namespace>::all(client.clone())
+) -> Result<BTreeMap<String, String>, Error> {
+    Ok(Api::<Namespace>::all(client.clone())
         .get_opt(namespace)
         .await?
         .map(|n| n.labels().clone())
-        .unwrap_or_default();
-    Ok(selector_matches(selector, &labels))
+        .unwrap_or_default())
 }
 
 /// Whether a label selector matches a label set (matchLabels and matchExpressions). Pure.

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::template::{TemplateError, render_all};
 use crate::api::SslMode;
 use crate::postgres::url::encode;
 
@@ -27,14 +28,6 @@ pub struct Fields {
     pub client_cert: Option<(String, String)>,
     /// Loopback port of the pooling sidecar, when enabled.
     pub pooler_port: Option<u16>,
-}
-
-/// A user template could not be rendered.
-#[derive(Debug, thiserror::Error)]
-#[error("secret.template[{key:?}]: {message}")]
-pub struct TemplateError {
-    pub key: String,
-    pub message: String,
 }
 
 fn host_in_url(host: &str) -> String {
@@ -151,29 +144,30 @@ pub fn render(
         .keys()
         .find(|k| data.contains_key(*k) || *k == "direct-uri")
     {
-        return Err(TemplateError {
-            key: key.clone(),
-            message: "a template cannot replace one of dbconn's own keys; choose another name"
-                .into(),
-        });
+        return Err(TemplateError::ReservedKey { key: key.clone() });
     }
     if !templates.is_empty() {
-        let ctx = minijinja::context! {
-            uri => data["uri"].clone(), direct_uri => direct, jdbc_uri => data["jdbc-uri"].clone(),
-            host => f.host.clone(), port => f.port, dbname => f.dbname.clone(), database => f.dbname.clone(),
-            username => f.username.clone(), password => f.password.clone(), sslmode => f.sslmode.as_str(),
-        };
-        let mut env = minijinja::Environment::new();
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        for (key, template) in templates {
-            let rendered = env.render_str(template, &ctx).map_err(|e| TemplateError {
-                key: key.clone(),
-                message: e.to_string(),
-            })?;
-            data.insert(key.clone(), rendered);
-        }
+        use minijinja::Value;
+        let vars = BTreeMap::from([
+            ("uri", Value::from(data["uri"].clone())),
+            ("direct_uri", Value::from(direct)),
+            ("jdbc_uri", Value::from(data["jdbc-uri"].clone())),
+            ("host", Value::from(f.host.clone())),
+            ("port", Value::from(f.port)),
+            ("dbname", Value::from(f.dbname.clone())),
+            ("database", Value::from(f.dbname.clone())),
+            ("username", Value::from(f.username.clone())),
+            ("password", Value::from(f.password.clone())),
+            ("sslmode", Value::from(f.sslmode.as_str())),
+        ]);
+        data.extend(render_all(templates, &vars)?);
     }
     Ok(data)
+}
+
+/// The size of a Secret's data as Kubernetes counts it (keys and values), in bytes.
+pub fn data_size(data: &BTreeMap<String, String>) -> usize {
+    data.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 
 /// A new password: 32 characters from [A-Za-z0-9], from the operating system's generator.
@@ -284,9 +278,9 @@ mod tests {
         assert_eq!(data["DSN"], "host=db.internal port=5432");
         let bad = BTreeMap::from([("X".to_owned(), "{{ nope }}".to_owned())]);
         let err = render(&fields("pw"), &bad).unwrap_err();
-        assert_eq!(err.key, "X");
+        assert_eq!(err.key(), "X");
         let clash = BTreeMap::from([("password".to_owned(), "{{ uri }}".to_owned())]);
-        assert_eq!(render(&fields("pw"), &clash).unwrap_err().key, "password");
+        assert_eq!(render(&fields("pw"), &clash).unwrap_err().key(), "password");
     }
 
     #[test]

@@ -4,13 +4,22 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-/// The condition types of a DatabaseConnection, in pipeline order.
+/// The condition types of a DatabaseConnection, in the order status lists them.
 pub const SERVER_REACHABLE: &str = "ServerReachable";
+/// The server's policy lets the namespace use what the connection names, and the role is
+/// (or may become) this connection's.
+pub const AUTHORIZED: &str = "Authorized";
 pub const ROLE_READY: &str = "RoleReady";
 pub const GRANTS_APPLIED: &str = "GrantsApplied";
 pub const SECRET_READY: &str = "SecretReady";
 pub const READY: &str = "Ready";
-pub const STEPS: [&str; 4] = [SERVER_REACHABLE, ROLE_READY, GRANTS_APPLIED, SECRET_READY];
+pub const STEPS: [&str; 5] = [
+    SERVER_REACHABLE,
+    AUTHORIZED,
+    ROLE_READY,
+    GRANTS_APPLIED,
+    SECRET_READY,
+];
 
 /// One condition's desired state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,20 +66,31 @@ impl Cond {
     }
 }
 
-/// The full list after a run that got through `done` and failed (or not) at the next step:
-/// steps after a failure are Unknown, and Ready mirrors the first failure.
+/// The full list after a run that got through `done` and failed (or not) at `failure`:
+/// steps not reached are Unknown, Ready mirrors the failure, and the list is in STEPS order.
 pub fn pipeline(done: Vec<Cond>, failure: Option<Cond>, ready: Cond) -> Vec<Cond> {
     let mut out = done;
-    if let Some(f) = failure {
-        let failed_at = f.type_;
-        out.push(f.clone());
-        for step in STEPS.iter().skip_while(|s| **s != failed_at).skip(1) {
-            out.push(Cond::unknown(step, format!("waiting for {failed_at}")));
+    let ready = match failure {
+        Some(f) => {
+            let failed_at = f.type_;
+            out.push(f.clone());
+            for step in STEPS {
+                if !out.iter().any(|c| c.type_ == step) {
+                    out.push(Cond::unknown(step, format!("waiting for {failed_at}")));
+                }
+            }
+            Cond::failed(READY, &f.reason, f.message)
         }
-        out.push(Cond::failed(READY, &f.reason, f.message));
-    } else {
-        out.push(ready);
-    }
+        None => ready,
+    };
+    let place = |c: &Cond| {
+        STEPS
+            .iter()
+            .position(|s| *s == c.type_)
+            .unwrap_or(STEPS.len())
+    };
+    out.sort_by_key(place);
+    out.push(ready);
     out
 }
 
@@ -124,13 +144,14 @@ mod tests {
             summary,
             [
                 (SERVER_REACHABLE, Some(true)),
+                (AUTHORIZED, None),
                 (ROLE_READY, Some(false)),
                 (GRANTS_APPLIED, None),
                 (SECRET_READY, None),
                 (READY, Some(false))
             ]
         );
-        assert_eq!(conds[4].reason, "RoleNotFound");
+        assert_eq!(conds[5].reason, "RoleNotFound");
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct Endpoint {
     pub connect_timeout: Duration,
     /// Server-side statement_timeout for the session.
     pub statement_timeout: Duration,
+    /// Send the password only through SCRAM unless sslmode verifies the server (verify-ca,
+    /// verify-full): for servers a tenant names (see `guard`).
+    pub scram_only: bool,
 }
 
 impl Endpoint {
@@ -44,6 +47,7 @@ impl Endpoint {
             application_name: "dbconn".into(),
             connect_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(30),
+            scram_only: false,
         }
     }
 }
@@ -82,6 +86,12 @@ pub enum ConnectError {
     Refused(String),
     #[error("database {0:?} does not exist")]
     NoDatabase(String),
+    #[error("the password was accepted, then the login refused: {0}")]
+    RefusedAfterLogin(String),
+    #[error(
+        "{1} at {0}, which sslmode {2} does not verify; dbconn sends the password of a server named in a DatabaseConnection only through SCRAM-SHA-256 unless sslmode is verify-ca or verify-full: set scram-sha-256 in the server's pg_hba.conf, or verify the server"
+    )]
+    InsecureAuth(String, super::guard::InsecureAuthRequest, &'static str),
     #[error("{0}")]
     Other(String),
 }
@@ -100,6 +110,8 @@ impl ConnectError {
             ConnectError::PasswordRejected(_) => "AuthenticationFailed",
             ConnectError::Refused(_) => "ConnectionRefused",
             ConnectError::NoDatabase(_) => "DatabaseMissing",
+            ConnectError::RefusedAfterLogin(_) => "LoginRefused",
+            ConnectError::InsecureAuth(..) => "InsecureAuthentication",
             ConnectError::Other(_) => "ConnectFailed",
         }
     }
@@ -150,6 +162,14 @@ async fn open(ep: &Endpoint, wire: Wire) -> Result<Session, ConnectError> {
     let addr = format!("{}:{}", ep.host, ep.port);
     // The whole handshake, not only the TCP connect, is bounded.
     let limit = ep.connect_timeout + Duration::from_secs(5);
+    if ep.scram_only && !matches!(ep.sslmode, SslMode::VerifyCa | SslMode::VerifyFull) {
+        return match tokio::time::timeout(limit, guarded_session(ep, &mut config, wire, &addr))
+            .await
+        {
+            Err(_) => Err(ConnectError::Timeout(addr, limit)),
+            Ok(result) => result,
+        };
+    }
     let result = match wire {
         Wire::Plain => {
             config.ssl_mode(tokio_postgres::config::SslMode::Disable);
@@ -195,6 +215,63 @@ async fn open(ep: &Endpoint, wire: Wire) -> Result<Session, ConnectError> {
     }
 }
 
+/// A session whose startup is watched by `AuthGuard`, below TLS for the SSLRequest answer and
+/// a plain-text fallback, and above it for what the server asks once encrypted.
+async fn guarded_session(
+    ep: &Endpoint,
+    config: &mut tokio_postgres::Config,
+    wire: Wire,
+    addr: &str,
+) -> Result<Session, ConnectError> {
+    use super::guard::{AuthGuard, GuardedConnect, Start};
+    use tokio_postgres::tls::MakeTlsConnect;
+    let tcp = tokio::net::TcpStream::connect((ep.host.as_str(), ep.port))
+        .await
+        .map_err(|e| ConnectError::Unreachable(addr.to_owned(), e))?;
+    let _ = tcp.set_nodelay(true);
+    let failed = |e: tokio_postgres::Error| classify(&e, ep, addr);
+    match wire {
+        Wire::Plain => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            let (client, conn) = config
+                .connect_raw(AuthGuard::new(tcp, Start::Messages), NoTls)
+                .await
+                .map_err(failed)?;
+            tokio::spawn(conn);
+            Ok(Session { client, tls: false })
+        }
+        Wire::Tls | Wire::TlsThenPlain => {
+            config.ssl_mode(if matches!(wire, Wire::Tls) {
+                tokio_postgres::config::SslMode::Require
+            } else {
+                tokio_postgres::config::SslMode::Prefer
+            });
+            let Some(tls) = client_config(ep.sslmode, &ep.tls)? else {
+                return Err(ConnectError::Other(
+                    "TLS requested with sslmode disable".into(),
+                ));
+            };
+            let mut make = MakeRustls::new(tls, ep.tls.server_name.clone());
+            let connect = MakeTlsConnect::<AuthGuard<tokio::net::TcpStream>>::make_tls_connect(
+                &mut make, &ep.host,
+            )?;
+            let (client, conn) = config
+                .connect_raw(
+                    AuthGuard::new(tcp, Start::SslResponse),
+                    GuardedConnect(connect),
+                )
+                .await
+                .map_err(failed)?;
+            tokio::spawn(conn);
+            let mut session = Session { client, tls: true };
+            if matches!(wire, Wire::TlsThenPlain) {
+                session.tls = session_uses_tls(&session.client).await;
+            }
+            Ok(session)
+        }
+    }
+}
+
 async fn session_uses_tls(client: &Client) -> bool {
     client
         .query_one(
@@ -212,6 +289,10 @@ pub(crate) fn classify(e: &tokio_postgres::Error, ep: &Endpoint, addr: &str) -> 
         return match *db.code() {
             SqlState::INVALID_PASSWORD => ConnectError::PasswordRejected(ep.user.clone()),
             SqlState::INVALID_CATALOG_NAME => ConnectError::NoDatabase(ep.database.clone()),
+            // "permission denied for database": raised only after authentication succeeded.
+            SqlState::INSUFFICIENT_PRIVILEGE => {
+                ConnectError::RefusedAfterLogin(db.message().to_owned())
+            }
             _ if db.code().code().starts_with("28") => {
                 ConnectError::Refused(db.message().to_owned())
             }
@@ -224,6 +305,16 @@ pub(crate) fn classify(e: &tokio_postgres::Error, ep: &Endpoint, addr: &str) -> 
             return tls_error(tls, ep, addr);
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(refused) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<super::guard::InsecureAuthRequest>())
+            {
+                return ConnectError::InsecureAuth(
+                    addr.to_owned(),
+                    refused.clone(),
+                    ep.sslmode.as_str(),
+                );
+            }
             if let Some(tls) = io
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())

@@ -2,6 +2,7 @@
 //! the operator and by `dbconn check`.
 
 pub mod connect;
+pub mod guard;
 pub mod privileges;
 pub mod quote;
 pub mod role;

@@ -43,9 +43,9 @@ impl fmt::Display for Object {
             Object::Table(s, t) => write!(f, "TABLE {s}.{t}"),
             Object::Sequence(s, q) => write!(f, "SEQUENCE {s}.{q}"),
             Object::Function(_, _, signature) => write!(f, "FUNCTION {signature}"),
-            Object::DefaultTables(_, s) => write!(f, "future TABLES in {s}"),
-            Object::DefaultSequences(_, s) => write!(f, "future SEQUENCES in {s}"),
-            Object::DefaultFunctions(_, s) => write!(f, "future FUNCTIONS in {s}"),
+            Object::DefaultTables(o, s) => write!(f, "future TABLES of {o} in {s}"),
+            Object::DefaultSequences(o, s) => write!(f, "future SEQUENCES of {o} in {s}"),
+            Object::DefaultFunctions(o, s) => write!(f, "future FUNCTIONS of {o} in {s}"),
         }
     }
 }
@@ -68,9 +68,13 @@ impl fmt::Display for Priv {
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     pub database: String,
-    /// The role that creates future objects, for ALTER DEFAULT PRIVILEGES (the admin).
+    /// The admin: creator of future objects in a schema whose owner is not known.
     pub owner: String,
     pub schemas: BTreeSet<String>,
+    /// schema → the role that creates its objects by default: its owner, or the database's
+    /// owner when the schema belongs to pg_database_owner (`public` since PostgreSQL 15),
+    /// which never creates anything itself.
+    pub creators: BTreeMap<String, String>,
     /// schema → table (and view) names.
     pub tables: BTreeMap<String, BTreeSet<String>>,
     pub sequences: BTreeMap<String, BTreeSet<String>>,
@@ -126,7 +130,6 @@ pub fn desired(spec: &DatabaseConnectionSpec, catalog: &Catalog) -> Result<Desir
     let mut out = BTreeSet::new();
     let mut absent = Vec::new();
     let db = ident(&catalog.database)?;
-    let owner = ident(&catalog.owner)?;
     let mut add = |object: &Object, privileges: &[&'static str]| {
         for p in privileges {
             out.insert(Priv {
@@ -161,10 +164,11 @@ pub fn desired(spec: &DatabaseConnectionSpec, catalog: &Catalog) -> Result<Desir
                 continue;
             }
             add(&Object::Schema(sid.clone()), schema);
+            let owners = creators(spec, catalog, s)?;
             expand(
                 &mut add,
                 catalog,
-                &owner,
+                &owners,
                 &sid,
                 s,
                 &["*".to_owned()],
@@ -174,7 +178,7 @@ pub fn desired(spec: &DatabaseConnectionSpec, catalog: &Catalog) -> Result<Desir
             expand(
                 &mut add,
                 catalog,
-                &owner,
+                &owners,
                 &sid,
                 s,
                 &["*".to_owned()],
@@ -184,7 +188,7 @@ pub fn desired(spec: &DatabaseConnectionSpec, catalog: &Catalog) -> Result<Desir
             expand(
                 &mut add,
                 catalog,
-                &owner,
+                &owners,
                 &sid,
                 s,
                 &["*".to_owned()],
@@ -194,7 +198,7 @@ pub fn desired(spec: &DatabaseConnectionSpec, catalog: &Catalog) -> Result<Desir
         }
     }
     for g in &spec.grants {
-        grant(&mut add, &mut absent, catalog, &db, &owner, g)?;
+        grant(&mut add, &mut absent, spec, catalog, &db, g)?;
     }
     // What the role owns (tables it created with access: owner) needs no grant, and its
     // ACL is not read back: leaving it in would re-grant on every reconcile.
@@ -214,6 +218,24 @@ pub fn desired(spec: &DatabaseConnectionSpec, catalog: &Catalog) -> Result<Desir
         privileges: out,
         absent,
     })
+}
+
+/// The roles whose future objects in `schema` the role gets privileges on: the spec's
+/// defaultPrivilegesFor, else the schema's creator (see `Catalog::creators`).
+pub fn creators(
+    spec: &DatabaseConnectionSpec,
+    catalog: &Catalog,
+    schema: &str,
+) -> Result<Vec<Ident>, IdentError> {
+    if !spec.default_privileges_for.is_empty() {
+        return spec
+            .default_privileges_for
+            .iter()
+            .map(|r| ident(r))
+            .collect();
+    }
+    let owner = catalog.creators.get(schema).unwrap_or(&catalog.owner);
+    Ok(vec![ident(owner)?])
 }
 
 #[derive(Clone, Copy)]
@@ -236,9 +258,9 @@ impl Kind {
 fn grant(
     add: &mut impl FnMut(&Object, &[&'static str]),
     absent: &mut Vec<String>,
+    spec: &DatabaseConnectionSpec,
     catalog: &Catalog,
     db: &Ident,
-    owner: &Ident,
     g: &Grant,
 ) -> Result<(), IdentError> {
     let Some(schema) = &g.schema else {
@@ -271,6 +293,7 @@ fn grant(
             }
         };
     let privs: Vec<_> = g.privileges.iter().flat_map(|p| spelled(*p, all)).collect();
+    let owners = creators(spec, catalog, schema)?;
     let exists = |name: &String| match kind {
         Kind::Table => catalog.tables.get(schema).is_some_and(|t| t.contains(name)),
         Kind::Sequence => catalog
@@ -287,7 +310,7 @@ fn grant(
     for name in missing {
         absent.push(format!("{} {sid}.{}", kind.noun(), ident(&name)?));
     }
-    expand(add, catalog, owner, &sid, schema, &present, kind, &privs)
+    expand(add, catalog, &owners, &sid, schema, &present, kind, &privs)
 }
 
 /// Adds `privileges` on the named objects of one kind in a schema; `*` means every object
@@ -296,7 +319,7 @@ fn grant(
 fn expand(
     add: &mut impl FnMut(&Object, &[&'static str]),
     catalog: &Catalog,
-    owner: &Ident,
+    owners: &[Ident],
     sid: &Ident,
     schema: &str,
     names: &[String],
@@ -313,19 +336,23 @@ fn expand(
                     for t in catalog.tables.get(schema).into_iter().flatten() {
                         add(&Object::Table(sid.clone(), ident(t)?), privileges);
                     }
-                    add(
-                        &Object::DefaultTables(owner.clone(), sid.clone()),
-                        privileges,
-                    );
+                    for owner in owners {
+                        add(
+                            &Object::DefaultTables(owner.clone(), sid.clone()),
+                            privileges,
+                        );
+                    }
                 }
                 Kind::Sequence => {
                     for q in catalog.sequences.get(schema).into_iter().flatten() {
                         add(&Object::Sequence(sid.clone(), ident(q)?), privileges);
                     }
-                    add(
-                        &Object::DefaultSequences(owner.clone(), sid.clone()),
-                        privileges,
-                    );
+                    for owner in owners {
+                        add(
+                            &Object::DefaultSequences(owner.clone(), sid.clone()),
+                            privileges,
+                        );
+                    }
                 }
                 Kind::Function => {
                     for (f, sig) in catalog.functions.get(schema).into_iter().flatten() {
@@ -334,10 +361,12 @@ fn expand(
                             privileges,
                         );
                     }
-                    add(
-                        &Object::DefaultFunctions(owner.clone(), sid.clone()),
-                        privileges,
-                    );
+                    for owner in owners {
+                        add(
+                            &Object::DefaultFunctions(owner.clone(), sid.clone()),
+                            privileges,
+                        );
+                    }
                 }
             }
             continue;
@@ -400,10 +429,15 @@ pub fn sql(change: &Change, role: &Ident) -> String {
     }
 }
 
-/// Reads the objects grants can name in the connected database.
+/// Reads the objects grants can name in the connected database. Every function the SQL
+/// calls is schema-qualified with explicit argument types (the session's search_path is
+/// pg_catalog too), so nothing a tenant creates in a schema is ever called by the admin.
 pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> {
     let head = client
-        .query_one("SELECT current_database()::text, current_user::text", &[])
+        .query_one(
+            "SELECT pg_catalog.current_database()::pg_catalog.text, CURRENT_USER::pg_catalog.text",
+            &[],
+        )
         .await?;
     let mut c = Catalog {
         database: head.get(0),
@@ -412,8 +446,9 @@ pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> 
     };
     let rows = client
         .query(
-            "SELECT n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
+            "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, c.relkind::pg_catalog.text, \
+             pg_catalog.pg_get_userbyid(c.relowner)::pg_catalog.text FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') \
              AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'",
             &[],
@@ -431,8 +466,10 @@ pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> 
     }
     let rows = client
         .query(
-            "SELECT n.nspname::text, p.proname::text, p.oid::regprocedure::text, pg_get_userbyid(p.proowner)::text FROM pg_proc p \
-             JOIN pg_namespace n ON n.oid = p.pronamespace \
+            "SELECT n.nspname::pg_catalog.text, p.proname::pg_catalog.text, \
+             p.oid::pg_catalog.regprocedure::pg_catalog.text, \
+             pg_catalog.pg_get_userbyid(p.proowner)::pg_catalog.text FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
              WHERE p.prokind IN ('f', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
              AND n.nspname NOT LIKE 'pg\\_%'",
             &[],
@@ -445,46 +482,82 @@ pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> 
             .or_default()
             .insert((r.get(1), r.get(2)));
     }
+    // The creator of a schema's future objects: pg_database_owner stands for the database's
+    // owner and never creates anything itself.
     for r in client
-        .query("SELECT nspname::text FROM pg_namespace", &[])
+        .query(
+            "SELECT n.nspname::pg_catalog.text, pg_catalog.pg_get_userbyid(CASE \
+             WHEN n.nspowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'pg_database_owner') THEN d.datdba \
+             ELSE n.nspowner END)::pg_catalog.text \
+             FROM pg_catalog.pg_namespace n, pg_catalog.pg_database d \
+             WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+            &[],
+        )
         .await?
     {
-        c.schemas.insert(r.get(0));
+        let schema: String = r.get(0);
+        c.creators.insert(schema.clone(), r.get(1));
+        c.schemas.insert(schema);
     }
     Ok(c)
 }
 
 /// The privileges `role` holds now in the connected database, as explicit ACL entries (not
-/// through ownership or PUBLIC), including default privileges of `catalog.owner`.
+/// through ownership or PUBLIC), including default privileges that any role set for it.
 pub async fn current(
     client: &impl GenericClient,
     role: &str,
-    catalog: &Catalog,
 ) -> Result<BTreeSet<Priv>, CurrentError> {
+    Ok(entries(client, role)
+        .await?
+        .into_iter()
+        .map(|e| e.privilege)
+        .collect())
+}
+
+/// One ACL entry of a role: the privilege, and the role that granted it (for default
+/// privileges, the role whose future objects they cover).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub privilege: Priv,
+    pub grantor: String,
+}
+
+/// Every explicit ACL entry `role` holds in the connected database, with its grantor.
+pub async fn entries(client: &impl GenericClient, role: &str) -> Result<Vec<Entry>, CurrentError> {
     let rows = client
         .query(
-            "WITH r AS (SELECT oid FROM pg_roles WHERE rolname = $1) \
-             SELECT 'database', d.datname::text, '', '', a.privilege_type FROM pg_database d, aclexplode(d.datacl) a, r \
-               WHERE d.datname = current_database() AND a.grantee = r.oid \
-             UNION ALL SELECT 'schema', n.nspname::text, '', '', a.privilege_type FROM pg_namespace n, aclexplode(n.nspacl) a, r \
+            "WITH r AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1::pg_catalog.text) \
+             SELECT 'database', d.datname::pg_catalog.text, '', '', a.privilege_type, pg_catalog.pg_get_userbyid(a.grantor)::pg_catalog.text \
+               FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a, r \
+               WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() AND a.grantee = r.oid \
+             UNION ALL SELECT 'schema', n.nspname::pg_catalog.text, '', '', a.privilege_type, pg_catalog.pg_get_userbyid(a.grantor)::pg_catalog.text \
+               FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a, r \
                WHERE a.grantee = r.oid AND n.nspowner <> r.oid \
-             UNION ALL SELECT CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END, n.nspname::text, c.relname::text, '', a.privilege_type \
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a, r \
+             UNION ALL SELECT CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END, \
+               n.nspname::pg_catalog.text, c.relname::pg_catalog.text, '', a.privilege_type, pg_catalog.pg_get_userbyid(a.grantor)::pg_catalog.text \
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, \
+               pg_catalog.aclexplode(c.relacl) a, r \
                WHERE a.grantee = r.oid AND c.relowner <> r.oid \
-             UNION ALL SELECT 'function', n.nspname::text, p.proname::text, p.oid::regprocedure::text, a.privilege_type \
-               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, aclexplode(p.proacl) a, r \
+             UNION ALL SELECT 'function', n.nspname::pg_catalog.text, p.proname::pg_catalog.text, \
+               p.oid::pg_catalog.regprocedure::pg_catalog.text, a.privilege_type, pg_catalog.pg_get_userbyid(a.grantor)::pg_catalog.text \
+               FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace, \
+               pg_catalog.aclexplode(p.proacl) a, r \
                WHERE a.grantee = r.oid AND p.proowner <> r.oid \
-             UNION ALL SELECT 'default-' || d.defaclobjtype::text, n.nspname::text, o.rolname::text, '', a.privilege_type \
-               FROM pg_default_acl d JOIN pg_namespace n ON n.oid = d.defaclnamespace JOIN pg_roles o ON o.oid = d.defaclrole, \
-               aclexplode(d.defaclacl) a, r WHERE a.grantee = r.oid AND o.rolname = $2",
-            &[&role, &catalog.owner],
+             UNION ALL SELECT 'default-' OPERATOR(pg_catalog.||) d.defaclobjtype::pg_catalog.text, \
+               n.nspname::pg_catalog.text, o.rolname::pg_catalog.text, '', a.privilege_type, o.rolname::pg_catalog.text \
+               FROM pg_catalog.pg_default_acl d JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace \
+               JOIN pg_catalog.pg_roles o ON o.oid = d.defaclrole, pg_catalog.aclexplode(d.defaclacl) a, r \
+               WHERE a.grantee = r.oid",
+            &[&role],
         )
         .await
         .map_err(CurrentError::Query)?;
-    let mut out = BTreeSet::new();
+    let mut out = Vec::new();
     for r in rows {
         let (kind, a, b, sig, privilege): (String, String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let grantor: String = r.get(5);
         let object = match kind.as_str() {
             "database" => Object::Database(ident(&a)?),
             "schema" => Object::Schema(ident(&a)?),
@@ -499,7 +572,10 @@ pub async fn current(
         let Some(privilege) = static_privilege(&privilege) else {
             continue;
         };
-        out.insert(Priv { object, privilege });
+        out.push(Entry {
+            privilege: Priv { object, privilege },
+            grantor,
+        });
     }
     Ok(out)
 }
@@ -560,7 +636,8 @@ pub async fn prove(
     for (func, (names, privs, items)) in batches {
         // `func` is one of the five constants above, never user input.
         let query = format!(
-            "SELECT coalesce({func}(n, p), false) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(n, p, i) ORDER BY i"
+            "SELECT coalesce(pg_catalog.{func}(n, p), false) \
+             FROM pg_catalog.unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) WITH ORDINALITY AS t(n, p, i) ORDER BY i"
         );
         let rows = client.query(&query, &[&names, &privs]).await?;
         for (row, p) in rows.iter().zip(items) {

@@ -1,8 +1,6 @@
 //! The application role: inspect it, decide what to change (pure), and set its password as
 //! a SCRAM-SHA-256 verifier computed here, so the password itself never reaches the server.
 
-use tokio_postgres::Client;
-
 use super::quote::{Ident, literal};
 
 /// The attributes of an existing role that dbconn manages.
@@ -12,19 +10,21 @@ pub struct RoleState {
     pub connection_limit: i32,
     /// SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS: never managed by dbconn.
     pub privileged: bool,
-    /// The role's comment; dbconn marks the roles it creates with `marker()`.
+    /// The role's comment; its first line is dbconn's marker on the roles it manages.
     pub comment: String,
 }
 
-/// Reads a role's attributes; `None` when it does not exist.
+/// Reads a role's attributes; `None` when it does not exist. Every function is
+/// schema-qualified with explicit argument types, so no object a tenant can create is called.
 pub async fn inspect(
-    client: &Client,
+    client: &impl tokio_postgres::GenericClient,
     name: &str,
 ) -> Result<Option<RoleState>, tokio_postgres::Error> {
     let row = client
         .query_opt(
             "SELECT rolcanlogin, rolconnlimit, rolsuper OR rolcreaterole OR rolreplication OR rolbypassrls, \
-             coalesce(shobj_description(oid, 'pg_authid'), '') FROM pg_roles WHERE rolname = $1",
+             coalesce(pg_catalog.shobj_description(oid, 'pg_authid'::pg_catalog.name), '') \
+             FROM pg_catalog.pg_roles WHERE rolname = $1::pg_catalog.text",
             &[&name],
         )
         .await?;
@@ -36,35 +36,110 @@ pub async fn inspect(
     }))
 }
 
-/// The comment that marks a role as created by one DatabaseConnection (by its UID): only
-/// such a role gets its password reset or is dropped by deletionPolicy Delete.
-pub fn marker(uid: &str) -> String {
-    format!("managed by dbconn for DatabaseConnection {uid}")
+/// How a role came to be managed by its DatabaseConnection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// dbconn created it: deletionPolicy Delete drops it.
+    Created,
+    /// It existed and was adopted after a login with its password: Delete only revokes.
+    Adopted,
 }
 
-pub fn mark_sql(role: &Ident, marker: &str) -> String {
-    format!("COMMENT ON ROLE {role} IS {}", literal(marker))
+/// Which DatabaseConnection manages a role: the first line of the role's comment. Only
+/// administrators (CREATEROLE, or ADMIN OPTION on the role) can comment on a role, so an
+/// application role cannot forge or remove it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// The DatabaseConnection's UID.
+    pub uid: String,
+    /// Its namespace and name; `None` in markers written before dbconn recorded them.
+    pub owner: Option<(String, String)>,
+    pub origin: Origin,
 }
 
-/// What to run so the role exists with LOGIN and its connection limit. Pure. A new role
-/// gets its password verifier at once; an existing one keeps its password (the login proof
-/// decides whether it must change).
-pub fn ensure_sql(
-    role: &Ident,
-    connection_limit: i32,
-    state: Option<&RoleState>,
-    verifier: &str,
-) -> Option<String> {
-    match state {
-        None => Some(format!(
-            "CREATE ROLE {role} LOGIN CONNECTION LIMIT {connection_limit} PASSWORD {}",
-            literal(verifier)
-        )),
-        Some(s) if !s.can_login || s.connection_limit != connection_limit => Some(format!(
-            "ALTER ROLE {role} LOGIN CONNECTION LIMIT {connection_limit}"
-        )),
-        Some(_) => None,
+const MARKER_PREFIX: &str = "dbconn: DatabaseConnection ";
+const LEGACY_PREFIX: &str = "managed by dbconn for DatabaseConnection ";
+
+impl Marker {
+    /// Reads the marker from a role's comment, if it has one. Pure.
+    pub fn parse(comment: &str) -> Option<Marker> {
+        let line = comment.lines().next()?;
+        if let Some(uid) = line.strip_prefix(LEGACY_PREFIX) {
+            return Some(Marker {
+                uid: uid.trim().to_owned(),
+                owner: None,
+                origin: Origin::Created,
+            });
+        }
+        let mut words = line.strip_prefix(MARKER_PREFIX)?.split(' ');
+        let (ns, name) = words.next()?.split_once('/')?;
+        let uid = words.next()?.strip_prefix("uid=")?;
+        let origin = match words.next()? {
+            "created" => Origin::Created,
+            "adopted" => Origin::Adopted,
+            _ => return None,
+        };
+        Some(Marker {
+            uid: uid.to_owned(),
+            owner: Some((ns.to_owned(), name.to_owned())),
+            origin,
+        })
     }
+
+    /// The comment that marks the role, keeping what the comment said before (adoption
+    /// keeps a DBA's comment, and releasing the role puts it back).
+    pub fn comment(&self, previous: &str) -> String {
+        let (ns, name) = self.owner.clone().unwrap_or_default();
+        let origin = match self.origin {
+            Origin::Created => "created",
+            Origin::Adopted => "adopted",
+        };
+        let line = format!("{MARKER_PREFIX}{ns}/{name} uid={} {origin}", self.uid);
+        if previous.is_empty() {
+            line
+        } else {
+            format!("{line}\n{previous}")
+        }
+    }
+}
+
+/// A role's comment without dbconn's marker: what it said before dbconn managed the role.
+pub fn unmarked_comment(comment: &str) -> &str {
+    match Marker::parse(comment) {
+        Some(_) => comment.split_once('\n').map_or("", |(_, rest)| rest),
+        None => comment,
+    }
+}
+
+/// The SQL that sets a role's comment (`None` removes it).
+pub fn comment_sql(role: &Ident, comment: Option<&str>) -> String {
+    match comment {
+        Some(c) => format!("COMMENT ON ROLE {role} IS {}", literal(c)),
+        None => format!("COMMENT ON ROLE {role} IS NULL"),
+    }
+}
+
+/// Serializes claims on one role name: run first in the claim's transaction, on the
+/// server's administrative database (advisory locks are per database; every claim on one
+/// server takes it in the same one). `$1` is the role name.
+pub const CLAIM_LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock(\
+     pg_catalog.hashtextextended('dbconn:role:' OPERATOR(pg_catalog.||) $1::pg_catalog.text, 0::pg_catalog.int8))";
+
+/// Creates a role with LOGIN, its connection limit, its password as a verifier and its
+/// marker, as one transaction body: a crash leaves either nothing or a marked role. Pure.
+pub fn create_sql(role: &Ident, connection_limit: i32, verifier: &str, marker: &str) -> String {
+    format!(
+        "CREATE ROLE {role} LOGIN CONNECTION LIMIT {connection_limit} PASSWORD {}; {}",
+        literal(verifier),
+        comment_sql(role, Some(marker))
+    )
+}
+
+/// What to run so an owned role has LOGIN and its connection limit; `None` when it does.
+/// Only ever sent for a role this connection owns. Pure.
+pub fn attributes_sql(role: &Ident, connection_limit: i32, state: &RoleState) -> Option<String> {
+    (!state.can_login || state.connection_limit != connection_limit)
+        .then(|| format!("ALTER ROLE {role} LOGIN CONNECTION LIMIT {connection_limit}"))
 }
 
 /// The SQL that sets a role's password from its verifier.
@@ -92,14 +167,15 @@ pub struct DropPlan {
 pub fn drop_plan(role: &Ident) -> DropPlan {
     DropPlan {
         stop_logins: format!("ALTER ROLE {role} NOLOGIN"),
-        terminate_sessions: "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                             WHERE usename = $1 AND pid <> pg_backend_pid()",
-        databases_with_objects: "SELECT DISTINCT d.datname::text FROM pg_shdepend s \
-                                 JOIN pg_database d ON d.oid = s.dbid \
-                                 WHERE s.refclassid = 'pg_authid'::regclass \
-                                 AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1) \
+        terminate_sessions: "SELECT count(pg_catalog.pg_terminate_backend(pid, 0::pg_catalog.int8)) \
+                             FROM pg_catalog.pg_stat_activity \
+                             WHERE usename = $1::pg_catalog.text AND pid <> pg_catalog.pg_backend_pid()",
+        databases_with_objects: "SELECT DISTINCT d.datname::pg_catalog.text FROM pg_catalog.pg_shdepend s \
+                                 JOIN pg_catalog.pg_database d ON d.oid = s.dbid \
+                                 WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                                 AND s.refobjid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1::pg_catalog.text) \
                                  AND d.datallowconn",
-        is_member: "SELECT pg_has_role(current_user, $1, 'USAGE')",
+        is_member: "SELECT pg_catalog.pg_has_role(CURRENT_USER, $1::pg_catalog.name, 'USAGE'::pg_catalog.text)",
         become_member: format!("GRANT {role} TO CURRENT_USER"),
         disown: format!("REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}"),
         drop: format!("DROP ROLE IF EXISTS {role}"),
@@ -117,14 +193,58 @@ mod tests {
     use crate::postgres::quote::ident;
 
     #[test]
-    fn a_new_role_is_created_with_a_verifier_never_the_password() {
+    fn a_new_role_is_created_with_a_verifier_and_its_marker_never_the_password() {
         let v = verifier("s3cret pass'word");
         assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
         assert!(!v.contains("s3cret"));
         let role = ident("Shop \"Orders\"").unwrap();
-        let sql = ensure_sql(&role, 20, None, &v).expect("create");
+        let sql = create_sql(
+            &role,
+            20,
+            &v,
+            "dbconn: DatabaseConnection a/b uid=1 created",
+        );
         assert!(sql.starts_with("CREATE ROLE \"Shop \"\"Orders\"\"\" LOGIN CONNECTION LIMIT 20 PASSWORD 'SCRAM-SHA-256$"), "{sql}");
+        assert!(sql.ends_with("; COMMENT ON ROLE \"Shop \"\"Orders\"\"\" IS 'dbconn: DatabaseConnection a/b uid=1 created'"), "{sql}");
         assert!(!sql.contains("s3cret"));
+    }
+
+    #[test]
+    fn markers_round_trip_keep_the_previous_comment_and_read_the_old_form() {
+        let m = Marker {
+            uid: "6f1c-2".into(),
+            owner: Some(("team-a".into(), "orders".into())),
+            origin: Origin::Adopted,
+        };
+        let comment = m.comment("owned by the billing team\nsecond line");
+        assert_eq!(
+            comment,
+            "dbconn: DatabaseConnection team-a/orders uid=6f1c-2 adopted\nowned by the billing team\nsecond line"
+        );
+        assert_eq!(Marker::parse(&comment), Some(m.clone()));
+        assert_eq!(
+            unmarked_comment(&comment),
+            "owned by the billing team\nsecond line"
+        );
+        assert_eq!(unmarked_comment(&m.comment("")), "");
+        assert_eq!(unmarked_comment("a DBA's note"), "a DBA's note");
+        assert_eq!(
+            Marker::parse("managed by dbconn for DatabaseConnection 1234"),
+            Some(Marker {
+                uid: "1234".into(),
+                owner: None,
+                origin: Origin::Created
+            })
+        );
+        for not_a_marker in [
+            "",
+            "a DBA's note",
+            "dbconn: DatabaseConnection team-a uid=1 created",
+            "dbconn: DatabaseConnection a/b uid=1 stolen",
+            "note\ndbconn: DatabaseConnection a/b uid=1 created",
+        ] {
+            assert_eq!(Marker::parse(not_a_marker), None, "{not_a_marker:?}");
+        }
     }
 
     #[test]
@@ -141,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn an_existing_role_changes_only_when_attributes_differ() {
+    fn an_owned_role_changes_only_when_attributes_differ() {
         let role = ident("app").unwrap();
         let same = RoleState {
             can_login: true,
@@ -149,15 +269,13 @@ mod tests {
             privileged: false,
             comment: String::new(),
         };
-        assert_eq!(ensure_sql(&role, -1, Some(&same), "v"), None);
+        assert_eq!(attributes_sql(&role, -1, &same), None);
         let nologin = RoleState {
             can_login: false,
-            connection_limit: -1,
-            privileged: false,
-            comment: String::new(),
+            ..same
         };
         assert_eq!(
-            ensure_sql(&role, 5, Some(&nologin), "v").as_deref(),
+            attributes_sql(&role, 5, &nologin).as_deref(),
             Some("ALTER ROLE \"app\" LOGIN CONNECTION LIMIT 5")
         );
     }

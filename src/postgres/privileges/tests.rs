@@ -62,8 +62,8 @@ fn read_only_covers_connect_usage_tables_sequences_and_future_tables() {
         "SELECT on TABLE \"public\".\"orders\"",
         "SELECT on TABLE \"public\".\"Line Items\"",
         "SELECT on SEQUENCE \"public\".\"orders_id_seq\"",
-        "SELECT on future TABLES in \"public\"",
-        "SELECT on future SEQUENCES in \"public\"",
+        "SELECT on future TABLES of \"admin\" in \"public\"",
+        "SELECT on future SEQUENCES of \"admin\" in \"public\"",
     ]
     .map(String::from)
     .into();
@@ -196,5 +196,39 @@ fn what_the_role_owns_needs_no_grant() {
     assert!(
         d.contains("SELECT on TABLE \"public\".\"Line Items\""),
         "{d:?}"
+    );
+}
+
+#[test]
+fn future_objects_follow_each_schemas_creator_or_the_roles_named() {
+    let mut c = catalog();
+    c.creators.insert("public".into(), "migrator".into());
+    let d = render(&desired(&spec(Access::ReadOnly, vec![]), &c).expect("desired"));
+    assert!(
+        d.contains("SELECT on future TABLES of \"migrator\" in \"public\""),
+        "{d:?}"
+    );
+    assert!(!d.iter().any(|p| p.contains("of \"admin\"")), "{d:?}");
+    let mut named = spec(Access::ReadOnly, vec![]);
+    named.default_privileges_for = vec!["Deploy Bot".into(), "migrator".into()];
+    let d = render(&desired(&named, &c).expect("desired"));
+    for creator in ["\"Deploy Bot\"", "\"migrator\""] {
+        assert!(
+            d.contains(&format!(
+                "SELECT on future TABLES of {creator} in \"public\""
+            )),
+            "{d:?}"
+        );
+    }
+    let sql = sql(
+        &Change::Grant(Priv {
+            object: Object::DefaultTables(ident("Deploy Bot").unwrap(), ident("public").unwrap()),
+            privilege: "SELECT",
+        }),
+        &ident("app").unwrap(),
+    );
+    assert_eq!(
+        sql,
+        "ALTER DEFAULT PRIVILEGES FOR ROLE \"Deploy Bot\" IN SCHEMA \"public\" GRANT SELECT ON TABLES TO \"app\""
     );
 }

@@ -1,0 +1,162 @@
+//! The DatabaseConnection reconcile as named stages, one file each:
+//!
+//! 1. `dereference` (Kubernetes reads): the server, its credentials and policy, the Secrets;
+//! 2. `authorize`: the policy (pure, before any SQL), then the claim on the role (reads only);
+//! 3. `plan` (pure): the role, its privileges and the Secret, as data;
+//! 4. `apply`: the Secret, then the role, its attributes and privileges;
+//! 5. `prove`: log in as the role and check each privilege;
+//! 6. `report`: status and Events.
+//!
+//! `cleanup` runs the same stages when a connection is deleted.
+
+mod apply;
+mod authorize;
+pub mod cleanup;
+mod dereference;
+mod plan;
+mod prove;
+mod report;
+
+use std::sync::Arc;
+
+use kube::runtime::controller::Action;
+
+use super::resolve::Purpose;
+use super::status::{AUTHORIZED, Cond, GRANTS_APPLIED, ROLE_READY, SECRET_READY, SERVER_REACHABLE};
+use super::{Context, Error};
+use crate::api::DatabaseConnection;
+use crate::postgres::privileges;
+
+use report::Report;
+
+/// A stage failed: which condition it belongs to, and why.
+pub struct Failed {
+    step: &'static str,
+    error: Box<Error>,
+}
+
+fn at<E: Into<Error>>(step: &'static str) -> impl FnOnce(E) -> Failed {
+    move |e| Failed {
+        step,
+        error: Box::new(e.into()),
+    }
+}
+
+/// Reconciles one DatabaseConnection.
+pub async fn reconcile(conn: Arc<DatabaseConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let mut report = Report::default();
+    let outcome = run(&conn, &ctx, &mut report).await;
+    report::finish(&conn, &ctx, report, outcome).await
+}
+
+async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result<Cond, Failed> {
+    let refs = dereference::refs(ctx, conn, Purpose::Reconcile).await?;
+    r.server = Some(refs.server.label.clone());
+    authorize::policy(&refs, &conn.spec)?;
+    let Some((user, password)) = refs.server.admin.clone() else {
+        return validate_only(conn, ctx, &refs, r).await;
+    };
+    let mut admin = ctx
+        .guarded(&refs.server.label, refs.server.login(&user, &password))
+        .await
+        .map_err(at(SERVER_REACHABLE))?;
+    r.connected(&refs.server, &admin).await;
+    let facts = authorize::claim(ctx, conn, &refs, &admin.client).await?;
+    r.done
+        .push(Cond::ok(AUTHORIZED, "Allowed", allowed(&refs, &facts)));
+    // Only a connection allowed to act gets the finalizer that makes deletion act too.
+    super::set_finalizer(ctx, conn, true)
+        .await
+        .map_err(at(AUTHORIZED))?;
+
+    let plan = plan::plan(conn, &refs, &facts)?;
+    apply::secret(ctx, conn, &refs, &plan).await?;
+    r.secret_name = Some(refs.secret_name.clone());
+    r.done.push(secret_ready(&refs));
+    apply::role(&refs, &facts, &plan, &admin.client).await?;
+    let grants = apply::grants(ctx, conn, &mut admin.client, &plan).await?;
+    r.done.push(Cond::ok(
+        GRANTS_APPLIED,
+        "Converged",
+        format!(
+            "{} privileges wanted, {grants} GRANT/REVOKE statements sent",
+            plan.privileges.privileges.len()
+        ),
+    ));
+    let app = apply::login(&refs, &plan, &admin.client).await?;
+    r.done.push(logged_in(&plan));
+    prove::prove(&app.client, &plan, r).await
+}
+
+/// Without admin credentials dbconn only validates: it logs in as the role with its own
+/// password (or only its client certificate) and checks its privileges; it grants nothing.
+async fn validate_only(
+    conn: &DatabaseConnection,
+    ctx: &Context,
+    refs: &dereference::Refs,
+    r: &mut Report,
+) -> Result<Cond, Failed> {
+    if conn.spec.role.password_secret_ref.is_none() && refs.server.client_cert.is_none() {
+        return Err(at(ROLE_READY)(Error::NoCredentials));
+    }
+    let app = ctx
+        .guarded(
+            &refs.server.label,
+            refs.server
+                .login(&conn.spec.role.name, &refs.password.value),
+        )
+        .await
+        .map_err(at(SERVER_REACHABLE))?;
+    r.connected(&refs.server, &app).await;
+    r.done.push(Cond::ok(
+        AUTHORIZED,
+        "ValidateOnly",
+        "no admin credentials: dbconn changes nothing on the server",
+    ));
+    let catalog = privileges::catalog(&app.client)
+        .await
+        .map_err(|e| at(GRANTS_APPLIED)(Error::sql("reading the catalog", e)))?;
+    let plan = plan::validate_only(conn, refs, &catalog)?;
+    r.done.push(logged_in(&plan));
+    r.done.push(Cond::ok(
+        GRANTS_APPLIED,
+        "ValidateOnly",
+        "no admin credentials: nothing granted, privileges checked only",
+    ));
+    apply::secret(ctx, conn, refs, &plan).await?;
+    r.secret_name = Some(refs.secret_name.clone());
+    r.done.push(secret_ready(refs));
+    prove::prove(&app.client, &plan, r).await
+}
+
+fn allowed(refs: &dereference::Refs, facts: &authorize::Facts) -> String {
+    let how = match &facts.claim {
+        authorize::Claim::Create => "to be created by this connection",
+        authorize::Claim::Owned { .. } => "managed by this connection",
+        authorize::Claim::Adopt { .. } => "to be adopted (its password logs in)",
+        authorize::Claim::Reclaim { .. } => "left by a deleted connection of this namespace",
+    };
+    match &refs.server.rules {
+        Some(rules) => format!(
+            "DatabaseServer {:?} allows namespace {:?} these names; the role is {how}",
+            rules.server, rules.namespace
+        ),
+        None => format!("inline server of this namespace; the role is {how}"),
+    }
+}
+
+fn secret_ready(refs: &dereference::Refs) -> Cond {
+    Cond::ok(
+        SECRET_READY,
+        "Applied",
+        format!("secret {} holds the connection details", refs.secret_name),
+    )
+}
+
+fn logged_in(plan: &plan::Plan) -> Cond {
+    Cond::ok(
+        ROLE_READY,
+        "LoggedIn",
+        format!("role {} logs in", plan.role),
+    )
+}
