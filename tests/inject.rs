@@ -5,12 +5,11 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{
-    Operator, READY, admin_and_ca, apply_yaml, bed, connection, database, get, kubectl, kubectl_ok,
-    namespace, repo, unique, wait_for,
+    Operator, READY, admin_and_ca, apply_yaml, bed, connection, database, get, helm, kubectl,
+    kubectl_ok, namespace, token_kubeconfig, unique, wait_for,
 };
 
 /// A helm release, uninstalled when dropped (even when the test fails): its webhook
@@ -25,46 +24,6 @@ impl Drop for Release {
         let _ =
             std::panic::catch_unwind(|| helm(&["uninstall", &self.name, "-n", &self.namespace]));
     }
-}
-
-fn helm(args: &[&str]) -> String {
-    let cache = std::env::var_os("DBCONN_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(&std::env::var("HOME").expect("HOME")).join(".cache/dbconn")
-        });
-    let out = Command::new(cache.join("bin/helm"))
-        .args(args)
-        .env("KUBECONFIG", &bed().kube.kubeconfig)
-        .current_dir(repo())
-        .output()
-        .expect("helm (make setup installs it)");
-    assert!(
-        out.status.success(),
-        "helm {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A kubeconfig for the bed's apiserver that authenticates with `token`.
-fn token_kubeconfig(token: &str) -> std::path::PathBuf {
-    let server = kubectl_ok(&[
-        "config",
-        "view",
-        "--minify",
-        "-o",
-        "jsonpath={.clusters[0].cluster.server}",
-    ]);
-    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique("sa")));
-    let yaml = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: bed\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
-         users:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context: {{cluster: bed, user: sa}}\ncurrent-context: sa\n",
-        ca = bed().ca_cert.display()
-    );
-    std::fs::write(&path, yaml).expect("kubeconfig");
-    path
 }
 
 fn pod(ns: &str, name: &str, labels: &str, annotations: &str, spec: &str) -> String {

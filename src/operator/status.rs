@@ -73,6 +73,8 @@ pub fn pipeline(done: Vec<Cond>, failure: Option<Cond>, ready: Cond) -> Vec<Cond
     let ready = match failure {
         Some(f) => {
             let failed_at = f.type_;
+            // A step that failed after reporting success (a lost claim race) reads as failed.
+            out.retain(|c| c.type_ != failed_at);
             out.push(f.clone());
             for step in STEPS {
                 if !out.iter().any(|c| c.type_ == step) {

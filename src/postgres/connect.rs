@@ -89,6 +89,10 @@ pub enum ConnectError {
     #[error("the password was accepted, then the login refused: {0}")]
     RefusedAfterLogin(String),
     #[error(
+        "{0}: the role's CONNECTION LIMIT (spec.role.connectionLimit) or the server's max_connections is reached"
+    )]
+    TooManyConnections(String),
+    #[error(
         "{1} at {0}, which sslmode {2} does not verify; dbconn sends the password of a server named in a DatabaseConnection only through SCRAM-SHA-256 unless sslmode is verify-ca or verify-full: set scram-sha-256 in the server's pg_hba.conf, or verify the server"
     )]
     InsecureAuth(String, super::guard::InsecureAuthRequest, &'static str),
@@ -111,6 +115,7 @@ impl ConnectError {
             ConnectError::Refused(_) => "ConnectionRefused",
             ConnectError::NoDatabase(_) => "DatabaseMissing",
             ConnectError::RefusedAfterLogin(_) => "LoginRefused",
+            ConnectError::TooManyConnections(_) => "TooManyConnections",
             ConnectError::InsecureAuth(..) => "InsecureAuthentication",
             ConnectError::Other(_) => "ConnectFailed",
         }
@@ -292,6 +297,9 @@ pub(crate) fn classify(e: &tokio_postgres::Error, ep: &Endpoint, addr: &str) -> 
             // "permission denied for database": raised only after authentication succeeded.
             SqlState::INSUFFICIENT_PRIVILEGE => {
                 ConnectError::RefusedAfterLogin(db.message().to_owned())
+            }
+            SqlState::TOO_MANY_CONNECTIONS => {
+                ConnectError::TooManyConnections(db.message().to_owned())
             }
             _ if db.code().code().starts_with("28") => {
                 ConnectError::Refused(db.message().to_owned())

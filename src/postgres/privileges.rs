@@ -637,7 +637,8 @@ pub async fn prove(
         // `func` is one of the five constants above, never user input.
         let query = format!(
             "SELECT coalesce(pg_catalog.{func}(n, p), false) \
-             FROM pg_catalog.unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) WITH ORDINALITY AS t(n, p, i) ORDER BY i"
+             FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) \
+             WITH ORDINALITY AS t(n, p, i) ORDER BY i"
         );
         let rows = client.query(&query, &[&names, &privs]).await?;
         for (row, p) in rows.iter().zip(items) {

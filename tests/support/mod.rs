@@ -539,3 +539,168 @@ pub fn wait_deleted(kind: &str, ns: &str, name: &str, secs: u64) {
         );
     }
 }
+
+/// Runs the helm that `make setup` built against the bed; stdout, panicking on failure.
+pub fn helm(args: &[&str]) -> String {
+    let cache = std::env::var_os("DBCONN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var("HOME").expect("HOME")).join(".cache/dbconn"));
+    let out = Command::new(cache.join("bin/helm"))
+        .args(args)
+        .env("KUBECONFIG", &bed().kube.kubeconfig)
+        .current_dir(repo())
+        .output()
+        .expect("helm (make setup installs it)");
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A kubeconfig for the bed's apiserver that authenticates with `token`.
+pub fn token_kubeconfig(token: &str) -> PathBuf {
+    let server = kubectl_ok(&[
+        "config",
+        "view",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique("sa")));
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: bed\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
+         users:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context: {{cluster: bed, user: sa}}\ncurrent-context: sa\n",
+        ca = bed().ca_cert.display()
+    );
+    std::fs::write(&path, yaml).expect("kubeconfig");
+    path
+}
+
+/// The operator as the chart installs it, run out of cluster: the chart's ServiceAccount,
+/// ClusterRole and Role (nothing else) in a fresh release namespace, and a token of that
+/// ServiceAccount, so a verb the chart does not grant fails here. Returns the operator and
+/// its namespace (where DatabaseServer Secrets go) and its ServiceAccount's user name.
+pub fn operator_with_chart_rbac(name: &str) -> (Operator, String, String) {
+    install_crds();
+    let release = unique("rbac");
+    let system = namespace("dbconn-sys");
+    let rbac = helm(&[
+        "template",
+        &release,
+        "charts/dbconn",
+        "-n",
+        &system,
+        "--show-only",
+        "templates/serviceaccount.yaml",
+        "--show-only",
+        "templates/rbac.yaml",
+    ]);
+    apply_yaml(&rbac);
+    let full = format!("{release}-dbconn");
+    let token = kubectl_ok(&["create", "token", &full, "-n", &system, "--duration", "2h"]);
+    let kubeconfig = token_kubeconfig(token.trim());
+    let kc = kubeconfig.to_str().expect("path").to_owned();
+    let lease = format!("{full}-operator");
+    let op = Operator::start_with(
+        name,
+        &["--lease-name", &lease],
+        &[
+            ("KUBECONFIG", kc.as_str()),
+            ("POD_NAMESPACE", system.as_str()),
+        ],
+    );
+    let user = format!("system:serviceaccount:{system}:{full}");
+    (op, system, user)
+}
+
+/// An application namespace acting through a ServiceAccount token that carries only a
+/// namespaced Role (DatabaseConnections, Secrets, Pods): the apiserver enforces what a
+/// tenant may do.
+pub struct Tenant {
+    pub ns: String,
+    pub kubeconfig: PathBuf,
+}
+
+impl Tenant {
+    /// A new namespace with these labels, its ServiceAccount `tenant`, Role and token.
+    pub fn new(prefix: &str, labels: &[(&str, &str)]) -> Tenant {
+        let ns = namespace(prefix);
+        for (k, v) in labels {
+            kubectl_ok(&["label", "namespace", &ns, &format!("{k}={v}")]);
+        }
+        apply_yaml(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: tenant, namespace: {ns}}}\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: tenant, namespace: {ns}}}\nrules:\n\
+             - apiGroups: [dbconn.io]\n  resources: [databaseconnections]\n  verbs: [get, list, watch, create, update, patch, delete]\n\
+             - apiGroups: [\"\"]\n  resources: [secrets, pods]\n  verbs: [get, list, watch, create, update, patch, delete]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: tenant, namespace: {ns}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: tenant}}\n\
+             subjects: [{{kind: ServiceAccount, name: tenant, namespace: {ns}}}]\n"
+        ));
+        let token = kubectl_ok(&["create", "token", "tenant", "-n", &ns, "--duration", "2h"]);
+        Tenant {
+            kubeconfig: token_kubeconfig(token.trim()),
+            ns,
+        }
+    }
+
+    /// kubectl as the tenant, in its namespace.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(["--request-timeout=30s", "-n", &self.ns])
+            .args(args)
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// `kubectl apply` of `yaml` as the tenant: (accepted, stdout and stderr).
+    pub fn apply(&self, yaml: &str) -> (bool, String) {
+        let path = std::env::temp_dir().join(format!("{}.yaml", unique("tenant")));
+        std::fs::write(&path, yaml).expect("write");
+        let out = self.kubectl(&["apply", "-f", path.to_str().expect("path")]);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// As `apply`, panicking with the apiserver's answer when refused.
+    pub fn apply_ok(&self, yaml: &str) {
+        let (ok, out) = self.apply(yaml);
+        assert!(ok, "the tenant's apply was refused: {out}\n{yaml}");
+    }
+
+    /// Creates a Secret as the tenant.
+    pub fn secret(&self, name: &str, data: &[(&str, &str)]) {
+        use std::fmt::Write;
+        let mut yaml = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {}}}\nstringData:\n",
+            self.ns
+        );
+        for (k, v) in data {
+            let _ = writeln!(yaml, "  {k:?}: {}", json_string(v));
+        }
+        self.apply_ok(&yaml);
+    }
+}
+
+/// Peak and current resident memory of a process, in KiB (VmHWM, VmRSS).
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}

@@ -107,7 +107,7 @@ pub async fn role(refs: &Refs, facts: &Facts, plan: &Plan, admin: &Client) -> Re
             return Ok(());
         }
         Claim::Adopt { previous } | Claim::Reclaim { previous, .. } => {
-            login_proves_password(refs, plan).await?;
+            // authorize proved the password by logging in as the role.
             let sql = role::comment_sql(&plan.role, Some(&plan.marker.comment(previous)));
             claimed(refs, plan, current, &sql).await?;
         }
@@ -172,21 +172,6 @@ async fn claimed(
     tx.commit().await.map_err(fail("committing the claim"))?;
     tracing::info!(role = %plan.role_name, "role claimed");
     Ok(())
-}
-
-/// Adoption and reclaim need proof that whoever asks knows the role's password: a login.
-/// A refusal after the password was accepted (no CONNECT on the database) counts as proof.
-async fn login_proves_password(refs: &Refs, plan: &Plan) -> Result<(), Failed> {
-    match refs.server.login(&plan.role_name, &plan.password).await {
-        Ok(_) | Err(ConnectError::RefusedAfterLogin(_)) => Ok(()),
-        Err(e @ (ConnectError::Timeout(..) | ConnectError::Unreachable(..))) => {
-            Err(at(AUTHORIZED)(e))
-        }
-        Err(e) => Err(at(AUTHORIZED)(Error::AdoptionUnproven {
-            role: plan.role_name.clone(),
-            cause: e.to_string(),
-        })),
-    }
 }
 
 /// Converges the role's privileges to the plan; an Event when they had drifted.

@@ -13,6 +13,7 @@ use crate::api::{Access, DatabaseConnection, DatabaseConnectionSpec, is_system_s
 use crate::operator::policy::Refusal;
 use crate::operator::status::AUTHORIZED;
 use crate::operator::{Context, Error};
+use crate::postgres::ConnectError;
 use crate::postgres::privileges::{self, Catalog};
 use crate::postgres::role::{self, Marker, Origin, RoleState};
 
@@ -104,6 +105,9 @@ pub async fn claim(
         password: refs.password.source,
     })
     .map_err(at(AUTHORIZED))?;
+    if matches!(claim, Claim::Adopt { .. } | Claim::Reclaim { .. }) {
+        login_proves_password(refs, &spec.role.name).await?;
+    }
     let catalog = privileges::catalog(admin)
         .await
         .map_err(|e| at(AUTHORIZED)(Error::sql("reading the catalog", e)))?;
@@ -113,6 +117,21 @@ pub async fn claim(
         claim,
         catalog,
     })
+}
+
+/// Adoption and reclaim need proof that whoever asks knows the role's password: a login.
+/// A refusal after the password was accepted (no CONNECT on the database) counts as proof.
+async fn login_proves_password(refs: &Refs, role: &str) -> Result<(), Failed> {
+    match refs.server.login(role, &refs.password.value).await {
+        Ok(_) | Err(ConnectError::RefusedAfterLogin(_)) => Ok(()),
+        Err(e @ (ConnectError::Timeout(..) | ConnectError::Unreachable(..))) => {
+            Err(at(AUTHORIZED)(e))
+        }
+        Err(e) => Err(at(AUTHORIZED)(Error::AdoptionUnproven {
+            role: role.to_owned(),
+            cause: e.to_string(),
+        })),
+    }
 }
 
 /// The marker this connection writes on its role.
