@@ -379,7 +379,10 @@ fn malformed_secrets_are_named_in_the_condition() {
         &format!(
             "    urlSecretRef: {{name: mysql-url}}\n    adminSecretRef: {{name: admin}}\n{tls}"
         ),
-        rest,
+        &format!(
+            "  database: postgres\n  role: {{name: {}}}\n  access: none\n  grants: [{{privileges: [CONNECT]}}]\n",
+            unique("fixed_url_role")
+        ),
     ));
     secret(
         &ns,
@@ -472,25 +475,13 @@ fn malformed_secrets_are_named_in_the_condition() {
             )
         );
     }
-    // Fixing the Secret is enough: the operator watches it and the connection becomes Ready.
+    // Fixing the Secret is enough: the failing connection is retried (with backoff) and
+    // becomes Ready; the operator does not watch Secrets in application namespaces.
     secret(
         &ns,
         "mysql-url",
         &[("url", &format!("postgres://localhost:{}/postgres", pg.port))],
     );
-    kubectl_ok(&[
-        "-n",
-        &ns,
-        "patch",
-        "dbconn",
-        "bad-url",
-        "--type=merge",
-        "-p",
-        &format!(
-            r#"{{"spec":{{"role":{{"name":"{}"}},"access":"none","grants":[{{"privileges":["CONNECT"]}}]}}}}"#,
-            unique("fixed_url_role")
-        ),
-    ]);
     wait_for("dbconn", &ns, "bad-url", READY, "True", 60);
 }
 
@@ -562,7 +553,8 @@ fn a_database_server_is_checked_and_serves_only_the_namespaces_it_allows() {
     apply_yaml(&format!(
         "apiVersion: dbconn.io/v1alpha1\nkind: DatabaseServer\nmetadata: {{name: {server}}}\nspec:\n  host: localhost\n  port: {}\n  \
          tls: {{sslmode: verify-full, caSecretRef: {{name: {ca}}}}}\n  adminSecretRef: {{name: {admin}}}\n  \
-         allowedNamespaces: {{matchLabels: {{team: {team}}}}}\n",
+         allowedNamespaces: {{matchLabels: {{team: {team}}}}}\n  \
+         tenants: [{{databases: [postgres], roleNames: [\"tenant app*\"]}}]\n",
         pg.port
     ));
     wait_for("dbserver", "", &server, READY, "True", 60);

@@ -251,7 +251,7 @@ fn mistakes_become_conditions_that_say_what_to_fix() {
     apply_yaml(&format!(
         "apiVersion: dbconn.io/v1alpha1\nkind: DatabaseConnection\nmetadata: {{name: denied, namespace: {ns}}}\nspec:\n  serverRef: {server}\n  database: postgres\n  role: {{name: app_d}}\n"
     ));
-    wait_reason(&ns, "denied", "ServerReachable", "ServerNotAllowed", 60);
+    wait_reason(&ns, "denied", "Authorized", "ServerNotAllowed", 60);
     wait_for("dbconn", &ns, "denied", READY, "False", 10);
     println!(
         "missing Secret, unreachable server, wrong certificate name and denied server all reported"

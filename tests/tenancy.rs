@@ -642,7 +642,7 @@ fn delete_finishes_past_privileges_a_third_role_granted() {
     );
     w.a.kubectl(&["delete", "dbconn", "dropme", "--wait=false"]);
     // The admin cannot act as the grantor: the condition names the object and the grantor.
-    let message = support::wait_reason(&w.a.ns, "dropme", "Ready", "DropBlocked", 90);
+    let message = support::wait_reason(&w.a.ns, "dropme", "Ready", "DeletionBlocked", 90);
     assert!(
         message.contains("SELECT on TABLE \"public\".\"theirs\"") && message.contains(&q(&third)),
         "{message}"

@@ -87,7 +87,7 @@ pub async fn cleanup(conn: Arc<DatabaseConnection>, ctx: Arc<Context>) -> Result
             let message = format!(
                 "deletionPolicy {policy:?} cannot finish yet: {e} (retrying; to delete without touching the server, annotate {SKIP_CLEANUP}=true)"
             );
-            if let Err(status) = deletion_blocked(&conn, &ctx, e.reason(), message).await {
+            if let Err(status) = deletion_blocked(&conn, &ctx, "DeletionBlocked", message).await {
                 tracing::warn!(error = %status, "reporting a blocked deletion");
             }
             return Err(e);
