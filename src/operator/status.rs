@@ -157,6 +157,20 @@ mod tests {
     }
 
     #[test]
+    fn a_step_that_fails_after_reporting_success_is_listed_once_as_failed() {
+        let done = vec![
+            Cond::ok(SERVER_REACHABLE, "Connected", "PostgreSQL 15"),
+            Cond::ok(AUTHORIZED, "Allowed", "the role is to be created"),
+        ];
+        let lost = Cond::failed(AUTHORIZED, "RoleClaimed", "claimed at the same moment");
+        let conds = pipeline(done, Some(lost), Cond::ok(READY, "Ready", ""));
+        let authorized: Vec<&Cond> = conds.iter().filter(|c| c.type_ == AUTHORIZED).collect();
+        assert_eq!(authorized.len(), 1);
+        assert_eq!(authorized[0].reason, "RoleClaimed");
+        assert_eq!(conds.last().map(|c| c.reason.as_str()), Some("RoleClaimed"));
+    }
+
+    #[test]
     fn transition_time_moves_only_when_status_changes() {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t1: Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();

@@ -94,3 +94,103 @@ pub fn secret(conn: &DatabaseConnection, refs: &Refs) -> Result<BTreeMap<String,
     }
     Ok(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::connection::authorize::Claim;
+    use crate::operator::connection::dereference::{Existing, Password, PasswordSource};
+    use crate::operator::resolve::Resolved;
+    use crate::postgres::Endpoint;
+    use crate::postgres::role::Origin;
+
+    fn conn(template: serde_json::Value) -> DatabaseConnection {
+        let mut c: DatabaseConnection = serde_json::from_value(serde_json::json!({
+            "apiVersion": "dbconn.io/v1alpha1", "kind": "DatabaseConnection",
+            "metadata": {"name": "orders", "namespace": "shop", "uid": "u-1"},
+            "spec": {"serverRef": "main", "database": "orders", "role": {"name": "shop_orders"},
+                     "secret": {"template": template}}
+        }))
+        .expect("connection");
+        c.spec.role.connection_limit = Some(20);
+        c
+    }
+
+    fn refs() -> Refs {
+        Refs {
+            namespace: "shop".into(),
+            server: Resolved {
+                label: "db:5432".into(),
+                base: Endpoint::new("db", 5432, "orders", ""),
+                admin: Some(("admin".into(), "pw".into())),
+                ca_pem: None,
+                client_cert: None,
+                admin_database: "postgres".into(),
+                rules: None,
+            },
+            secret_name: "orders".into(),
+            secret: Existing::Absent,
+            password: Password {
+                value: "p".repeat(32),
+                source: PasswordSource::New,
+            },
+        }
+    }
+
+    fn facts(claim: Claim) -> Facts {
+        let mut catalog = Catalog {
+            database: "orders".into(),
+            owner: "admin".into(),
+            ..Catalog::default()
+        };
+        catalog.schemas.insert("public".into());
+        Facts {
+            role: None,
+            claim,
+            catalog,
+        }
+    }
+
+    #[test]
+    fn the_plan_carries_the_claims_origin_and_the_secret() {
+        let p = plan(
+            &conn(serde_json::json!({"DSN": "host={{ host }}"})),
+            &refs(),
+            &facts(Claim::Adopt {
+                previous: String::new(),
+            }),
+        )
+        .unwrap_or_else(|_| panic!("plan"));
+        assert_eq!(p.marker.origin, Origin::Adopted);
+        assert_eq!(p.marker.uid, "u-1");
+        assert_eq!(p.marker.owner, Some(("shop".into(), "orders".into())));
+        assert_eq!(p.connection_limit, 20);
+        assert_eq!(p.secret["DSN"], "host=db");
+        assert_eq!(p.secret["password"], "p".repeat(32));
+        assert!(
+            p.privileges
+                .privileges
+                .iter()
+                .any(|x| x.to_string() == "CONNECT on DATABASE \"orders\"")
+        );
+    }
+
+    #[test]
+    fn a_secret_past_one_mebibyte_is_refused_with_its_size() {
+        // 20 values of 60 KiB: each within its bound, together past the Secret's.
+        let template: serde_json::Map<String, serde_json::Value> = (0..20)
+            .map(|i| {
+                (
+                    format!("K{i}"),
+                    serde_json::Value::from(format!(
+                        "{{{{ password | replace('', '{}') }}}}",
+                        "y".repeat(1800)
+                    )),
+                )
+            })
+            .collect();
+        let err = secret(&conn(serde_json::Value::Object(template)), &refs()).unwrap_err();
+        assert_eq!(err.reason(), "SecretTooLarge", "{err}");
+        assert!(err.to_string().contains("1048576"), "{err}");
+    }
+}
