@@ -110,4 +110,53 @@ echo "DATABASE_URL in the app container: $(sed -E 's#//([^:]*):[^@]*@#//\1:****@
 psql "$uri" -c "SELECT current_user, ssl AS pooler_to_server_tls, version AS tls_version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 kill $pooler
 
+step "one server, two teams: a shared DatabaseServer and its tenancy policy (docs/security.md)"
+creds="${admin_url#*://}"; creds="${creds%%@*}"
+kubectl -n dbconn-system create secret generic shared-admin --from-literal=username="${creds%%:*}" \
+  --from-literal=password="${creds#*:}" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n dbconn-system create secret generic shared-ca --from-file=ca.crt="$PGSSLROOTCERT" \
+  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+psql "$DATABASE_URL" -Atc "SELECT 1 FROM pg_database WHERE datname = 'team-a'" | grep -q 1 \
+  || psql "$DATABASE_URL" -qc 'CREATE DATABASE "team-a"'
+pg_port="${admin_url##*:}"; pg_port="${pg_port%%/*}"
+kubectl apply -f - <<YAML
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-a, labels: {dbconn.io/tenant: "true"}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-b, labels: {dbconn.io/tenant: "true"}}
+---
+# No spec.tenants: each allowed namespace may use the database named after it and roles
+# prefixed "<namespace>_", and may adopt nothing.
+apiVersion: dbconn.io/v1alpha1
+kind: DatabaseServer
+metadata: {name: shared}
+spec:
+  host: localhost
+  port: ${pg_port}
+  tls: {sslmode: verify-full, caSecretRef: {name: shared-ca}}
+  adminSecretRef: {name: shared-admin}
+  allowedNamespaces: {matchLabels: {dbconn.io/tenant: "true"}}
+---
+apiVersion: dbconn.io/v1alpha1
+kind: DatabaseConnection
+metadata: {name: app, namespace: team-a}
+spec: {serverRef: shared, database: team-a, role: {name: team-a_app}, access: readWrite}
+---
+apiVersion: dbconn.io/v1alpha1
+kind: DatabaseConnection
+metadata: {name: steal, namespace: team-b}
+spec: {serverRef: shared, database: team-a, role: {name: team-b_app}, access: readWrite}
+YAML
+kubectl -n team-a wait --for=condition=Ready dbconn/app --timeout=120s
+for _ in $(seq 60); do
+  reason=$(kubectl -n team-b get dbconn steal -o jsonpath='{.status.conditions[?(@.type=="Authorized")].reason}')
+  [ "$reason" = DatabaseNotAllowed ] && break
+  sleep 1
+done
+echo "team-a/app:   $(kubectl -n team-a get dbconn app -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')"
+echo "team-b/steal: $(kubectl -n team-b get dbconn steal -o jsonpath='{.status.conditions[?(@.type=="Authorized")].message}')"
+
 step "done: the bed and the operator keep running; 'make bed-down' stops them"
