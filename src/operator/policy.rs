@@ -149,7 +149,13 @@ impl Rules {
         let allowed: Vec<String> = self
             .rules
             .iter()
-            .map(|(i, r)| format!("{} allows {}", RuleName(*i), list(r).join(", ")))
+            .map(|(i, r)| {
+                let names: Vec<String> = list(r)
+                    .iter()
+                    .map(|p| p.replace("{namespace}", &self.namespace))
+                    .collect();
+                format!("{} allows {}", RuleName(*i), names.join(", "))
+            })
             .collect();
         let rules = if allowed.is_empty() {
             "no rule in spec.tenants covers it".to_owned()

@@ -20,7 +20,7 @@ use kube::{Api, ResourceExt};
 use tokio_postgres::Client;
 
 use super::authorize::me;
-use super::dereference::{Existing, RETAINED_FROM, existing};
+use super::dereference::{Existing, RETAINED_FROM, existing, secret_name};
 use super::report::{deletion_blocked, publish};
 use crate::api::{DatabaseConnection, DeletionPolicy};
 use crate::operator::resolve::{Purpose, Resolved, resolve};
@@ -93,7 +93,8 @@ pub async fn cleanup(conn: Arc<DatabaseConnection>, ctx: Arc<Context>) -> Result
             return Err(e);
         }
     };
-    let kept = release_secret(&conn, &ctx, policy == DeletionPolicy::Retain && !skip).await?;
+    // Retain keeps the password even when the server is skipped: the role may still exist.
+    let kept = release_secret(&conn, &ctx, policy == DeletionPolicy::Retain).await?;
     let note = match kept {
         Some(name) => format!(
             "{note}; Secret {name} kept with its password, for a new DatabaseConnection that names it"
@@ -114,12 +115,7 @@ async fn release_secret(
     retain: bool,
 ) -> Result<Option<String>, Error> {
     let ns = conn.namespace().unwrap_or_default();
-    let name = conn
-        .spec
-        .secret
-        .name
-        .clone()
-        .unwrap_or_else(|| conn.name_any());
+    let name = secret_name(conn);
     let Ok(Existing::Owned(mut secret)) = existing(ctx, conn, &ns, &name).await else {
         return Ok(None);
     };

@@ -76,12 +76,7 @@ pub async fn refs(
             Error::ServerDenied { .. } => at(AUTHORIZED)(e),
             e => at(SERVER_REACHABLE)(e),
         })?;
-    let secret_name = conn
-        .spec
-        .secret
-        .name
-        .clone()
-        .unwrap_or_else(|| conn.name_any());
+    let secret_name = secret_name(conn);
     let secret = existing(ctx, conn, &namespace, &secret_name)
         .await
         .map_err(at(SECRET_READY))?;
@@ -119,6 +114,15 @@ pub async fn refs(
         secret,
         password,
     })
+}
+
+/// The name of the connection's Secret: spec.secret.name, else the connection's.
+pub fn secret_name(conn: &DatabaseConnection) -> String {
+    conn.spec
+        .secret
+        .name
+        .clone()
+        .unwrap_or_else(|| conn.name_any())
 }
 
 /// The connection's Secret: its own, one a Retain deletion left for it, or none. A Secret of
