@@ -82,7 +82,7 @@ pub async fn run(target: Target) -> anyhow::Result<Report> {
     let session = connect(&endpoint)
         .await
         .with_context(|| format!("logging in as {:?}", endpoint.user))?;
-    let catalog = privileges::catalog(&session.client)
+    let catalog = privileges::catalog(&session.client, &privileges::named_schemas(&spec))
         .await
         .context("reading the catalog")?;
     let desired = privileges::desired(&spec, &catalog)?;

@@ -125,6 +125,10 @@ enum Command {
         /// Reconciles of each kind that may run at once (each holds up to two server sessions).
         #[arg(long, env = "DBCONN_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
         concurrency: u16,
+        /// Of those, how many one namespace may hold (a tenant whose servers stall cannot take
+        /// them all); 0: half of --concurrency.
+        #[arg(long, env = "DBCONN_NAMESPACE_CONCURRENCY", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..))]
+        namespace_concurrency: u16,
         /// Run without leader election (only when exactly one replica runs).
         #[arg(long, env = "DBCONN_NO_LEADER_ELECTION")]
         no_leader_election: bool,
@@ -424,6 +428,7 @@ fn main() -> anyhow::Result<()> {
             revalidate_seconds,
             max_backoff_seconds,
             concurrency,
+            namespace_concurrency,
             no_leader_election,
             lease_name,
             lease_seconds,
@@ -442,6 +447,10 @@ fn main() -> anyhow::Result<()> {
                 revalidate: std::time::Duration::from_secs(revalidate_seconds),
                 max_backoff: std::time::Duration::from_secs(max_backoff_seconds),
                 concurrency,
+                namespace_concurrency: match namespace_concurrency {
+                    0 => concurrency.div_ceil(2),
+                    n => n.min(concurrency),
+                },
                 lease,
                 http: http_addr,
                 webhook: webhook.settings()?,

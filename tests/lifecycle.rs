@@ -179,23 +179,29 @@ fn each_deletion_policy_does_what_it_says() {
     // Revoke: the role stays, without a single grant.
     assert!(role_exists(&roles[1]));
     assert_eq!(acl_entries(&db, &roles[1]), "0");
-    // Delete: the session ended, the role is gone, its tables belong to the admin now.
+    // Delete: the session ended, the role is gone, and its tables with it in both databases
+    // (never handed to the admin, whose privileges their owner's code would then run with).
     let ended = session.wait().expect("psql session");
     assert!(!ended.success(), "the session was terminated");
     assert!(!role_exists(&roles[2]));
     assert_eq!(
         admin_sql(
             &db,
-            "SELECT tableowner FROM pg_tables WHERE tablename = 'mine'"
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'mine'"
         ),
-        "postgres"
+        "0"
     );
     assert_eq!(
         admin_sql(
             &other_db,
-            "SELECT tableowner FROM pg_tables WHERE tablename = 'theirs'"
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'theirs'"
         ),
-        "postgres"
+        "0"
+    );
+    assert_eq!(
+        admin_sql(&db, "SELECT count(*) FROM public.items"),
+        "1",
+        "what the role did not own stays"
     );
     let events = kubectl_ok(&["-n", &ns, "get", "events", "-o", "yaml"]);
     assert!(

@@ -640,6 +640,16 @@ fn delete_finishes_past_privileges_a_third_role_granted() {
             q(&role)
         ),
     );
+    // The role plants a SECURITY DEFINER function: handed to the admin, it would run with
+    // the admin's privileges for whoever may call it.
+    dba(
+        &w.a.ns,
+        &format!(
+            "GRANT CREATE ON SCHEMA public TO {r}; SET ROLE {r}; \
+             CREATE FUNCTION public.planted() RETURNS text LANGUAGE sql SECURITY DEFINER AS 'SELECT current_user::text'",
+            r = q(&role)
+        ),
+    );
     w.a.kubectl(&["delete", "dbconn", "dropme", "--wait=false"]);
     // The admin cannot act as the grantor: the condition names the object and the grantor.
     let message = support::wait_reason(&w.a.ns, "dropme", "Ready", "DeletionBlocked", 90);
@@ -661,6 +671,14 @@ fn delete_finishes_past_privileges_a_third_role_granted() {
         ),
     );
     assert_eq!(left, "0");
+    assert_eq!(
+        dba(
+            &w.a.ns,
+            "SELECT count(*) FROM pg_proc WHERE proname = 'planted'"
+        ),
+        "0",
+        "the role's function went with it, not to the admin"
+    );
 }
 
 #[test]
@@ -732,8 +750,9 @@ fn a_readonly_connection_sees_tables_a_migration_role_creates_later() {
     );
 }
 
-/// A fake PostgreSQL on loopback that asks every client for its password in cleartext (or
-/// MD5), answering SSLRequest with `N`, and records what each client sends after the request.
+/// A fake PostgreSQL on loopback that asks every client for its password in cleartext (3), as
+/// MD5 (5), or through SCRAM with one iteration (11), answering SSLRequest with `N`, and
+/// records what each client sends after that request.
 fn fake_server(code: u32) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -763,14 +782,38 @@ fn fake_server(code: u32) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
                 first = startup;
             }
             drop(first);
-            let mut request = vec![b'R'];
-            let body: Vec<u8> = if code == 5 {
-                [5u32.to_be_bytes().as_slice(), b"salt"].concat()
-            } else {
-                code.to_be_bytes().to_vec()
+            let auth = |body: Vec<u8>| {
+                let mut m = vec![b'R'];
+                m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+                m.extend_from_slice(&body);
+                m
             };
-            request.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-            request.extend_from_slice(&body);
+            let request = match code {
+                5 => auth([5u32.to_be_bytes().as_slice(), b"salt"].concat()),
+                // SCRAM, then a server-first-message asking for a single iteration.
+                11 => {
+                    let _ = s.write_all(&auth(
+                        [10u32.to_be_bytes().as_slice(), b"SCRAM-SHA-256\0\0"].concat(),
+                    ));
+                    let mut tag = [0u8; 1];
+                    if s.read_exact(&mut tag).is_err() {
+                        continue;
+                    }
+                    let Some(initial) = read_packet(&mut s) else {
+                        continue;
+                    };
+                    let text = String::from_utf8_lossy(&initial).into_owned();
+                    let nonce = text.split("r=").nth(1).unwrap_or("").to_owned();
+                    auth(
+                        [
+                            11u32.to_be_bytes().as_slice(),
+                            format!("r={nonce}srv,s=c2FsdA==,i=1").as_bytes(),
+                        ]
+                        .concat(),
+                    )
+                }
+                code => auth(code.to_be_bytes().to_vec()),
+            };
             let _ = s.write_all(&request);
             let mut after = Vec::new();
             let _ = s.read_to_end(&mut after);
@@ -787,7 +830,11 @@ fn an_inline_servers_admin_password_never_leaves_in_cleartext_or_md5() {
         "someone-elses",
         &[("username", "postgres"), ("password", "do not send me")],
     );
-    for (code, sslmode, name) in [(3, "disable", "cleartext"), (5, "prefer", "md5")] {
+    for (code, sslmode, name) in [
+        (3, "disable", "cleartext"),
+        (5, "prefer", "md5"),
+        (11, "disable", "one-iteration"),
+    ] {
         let (port, seen) = fake_server(code);
         w.a.apply_ok(&format!(
             "apiVersion: dbconn.io/v1alpha1\nkind: DatabaseConnection\nmetadata: {{name: {name}, namespace: {}}}\n\
@@ -802,7 +849,7 @@ fn an_inline_servers_admin_password_never_leaves_in_cleartext_or_md5() {
             "InsecureAuthentication",
             90,
         );
-        assert!(message.contains("verify-full"), "{message}");
+        assert!(message.contains("SCRAM-SHA-256"), "{message}");
         let seen = seen.lock().expect("seen");
         assert!(!seen.is_empty(), "the operator connected");
         for after in seen.iter() {

@@ -55,8 +55,11 @@ pub struct DatabaseConnectionSpec {
     /// The server, given inline instead of through a DatabaseServer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<InlineServer>,
-    /// The application's database, where privileges are granted and checked.
+    /// The application's database, where privileges are granted and checked. Immutable.
     #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("size(bytes(self)) <= 63 && !self.contains('\\u0000')").message(
+        "database must be 1 to 63 bytes without NUL (PostgreSQL would silently truncate a longer name)"
+    ))]
     pub database: String,
     /// The application's role.
     pub role: RoleSpec,
@@ -343,7 +346,7 @@ pub enum DeletionPolicy {
     Retain,
     /// Revoke the privileges dbconn granted; keep the role.
     Revoke,
-    /// Drop the role, reassigning or dropping what it owns.
+    /// Drop the role with everything it owns (its tables too) and every privilege it holds.
     Delete,
 }
 

@@ -82,6 +82,16 @@ pub enum Error {
     #[error("{0}")]
     DropBlocked(String),
     #[error(
+        "the server's address changed from {before} to {now} (server.urlSecretRef's Secret was edited): a connection's server is immutable; create a new DatabaseConnection for the new server"
+    )]
+    ServerChanged { before: String, now: String },
+    #[error(
+        "the reconcile did not finish within {0:?}: the server stopped answering (is it a PostgreSQL server, and reachable?)"
+    )]
+    Stalled(std::time::Duration),
+    #[error("reading the catalog: {0}")]
+    Catalog(#[from] crate::postgres::privileges::CatalogError),
+    #[error(
         "secret {0} exists and is not managed by this DatabaseConnection: choose another spec.secret.name"
     )]
     SecretConflict(String),
@@ -117,6 +127,12 @@ impl Error {
             Error::Template(e) => e.reason(),
             Error::SecretTooLarge { .. } => "SecretTooLarge",
             Error::DropBlocked(_) => "DropBlocked",
+            Error::ServerChanged { .. } => "ServerChanged",
+            Error::Stalled(_) => "ServerStalled",
+            Error::Catalog(crate::postgres::privileges::CatalogError::TooLarge { .. }) => {
+                "CatalogTooLarge"
+            }
+            Error::Catalog(_) => "SQLFailed",
             Error::Random(_) => "PasswordGenerationFailed",
             Error::SecretConflict(_) => "SecretConflict",
             Error::Kube(_) => "KubernetesAPIError",

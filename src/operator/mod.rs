@@ -49,6 +49,8 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// Reconciles of each kind that may run at once (each holds up to two server sessions).
     pub concurrency: u16,
+    /// Of those, how many may be for connections of one namespace.
+    pub namespace_concurrency: u16,
     /// Leader election; `None` runs as the only replica.
     pub lease: Option<LeaseSettings>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
@@ -76,6 +78,9 @@ pub struct Context {
     /// Servers that did not answer within the connect time-out, until when they are not
     /// tried again: a dead server must not hold every reconcile slot for its time-out.
     silent: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// Reconcile slots per namespace: one tenant (with many connections to a server that
+    /// stalls) never holds more than `namespace_concurrency` of them.
+    namespaces: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Context {
@@ -122,6 +127,19 @@ impl Context {
             }
         }
         result
+    }
+
+    /// A reconcile slot of `namespace`, or `None` while all of them are taken.
+    fn namespace_slot(&self, namespace: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let per_namespace = usize::from(self.settings.namespace_concurrency.max(1));
+        let semaphore = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(namespace.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(per_namespace)))
+            .clone();
+        semaphore.try_acquire_owned().ok()
     }
 
     fn forget<K: Resource<DynamicType = ()>>(&self, obj: &K) {
@@ -176,6 +194,10 @@ async fn reconcile_connection(
     conn: Arc<DatabaseConnection>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    let Some(_slot) = ctx.namespace_slot(&conn.namespace().unwrap_or_default()) else {
+        // This namespace has its share of reconciles running: look again shortly.
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    };
     let work = async {
         let has = conn.finalizers().iter().any(|f| f == cleanup::FINALIZER);
         match (conn.metadata.deletion_timestamp.is_some(), has) {
@@ -196,31 +218,45 @@ async fn reconcile_connection(
 /// Adds or removes dbconn's finalizer (nothing when it already is as asked), guarded by the
 /// resourceVersion it was read at.
 async fn set_finalizer(ctx: &Context, conn: &DatabaseConnection, on: bool) -> Result<(), Error> {
-    if conn.finalizers().iter().any(|f| f == cleanup::FINALIZER) == on {
-        return Ok(());
-    }
-    let mut finalizers: Vec<String> = conn
-        .finalizers()
-        .iter()
-        .filter(|f| *f != cleanup::FINALIZER)
-        .cloned()
-        .collect();
-    if on {
-        finalizers.push(cleanup::FINALIZER.to_owned());
-    }
-    let patch = serde_json::json!({
-        "metadata": {"finalizers": finalizers, "resourceVersion": conn.resource_version()}
-    });
-    Api::<DatabaseConnection>::namespaced(
+    let api = Api::<DatabaseConnection>::namespaced(
         ctx.client.clone(),
         &conn.namespace().unwrap_or_default(),
-    )
-    .patch(
-        &conn.name_any(),
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
-    )
-    .await?;
+    );
+    let mut current = std::borrow::Cow::Borrowed(conn);
+    // The cached object may be a step behind (its own status update): read it again once.
+    for attempt in 0..2 {
+        if current.finalizers().iter().any(|f| f == cleanup::FINALIZER) == on {
+            return Ok(());
+        }
+        let mut finalizers: Vec<String> = current
+            .finalizers()
+            .iter()
+            .filter(|f| *f != cleanup::FINALIZER)
+            .cloned()
+            .collect();
+        if on {
+            finalizers.push(cleanup::FINALIZER.to_owned());
+        }
+        let patch = serde_json::json!({
+            "metadata": {"finalizers": finalizers, "resourceVersion": current.resource_version()}
+        });
+        match api
+            .patch(
+                &conn.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt == 0 => {
+                current = std::borrow::Cow::Owned(api.get(&conn.name_any()).await?);
+            }
+            other => {
+                other?;
+                return Ok(());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -267,6 +303,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         metrics: Metrics::default(),
         converged: Default::default(),
         silent: Default::default(),
+        namespaces: Default::default(),
         settings,
     });
     let ready = Arc::new(AtomicBool::new(false));

@@ -32,29 +32,45 @@ pub struct Resolved {
     /// What the namespace may use on a DatabaseServer; `None` for an inline server, which
     /// belongs to the tenant that names it.
     pub rules: Option<super::policy::Rules>,
+    /// The TLS material of administrative logins: `base.tls` plus, on a DatabaseServer, the
+    /// admin's client certificate (which a role's login never presents).
+    pub admin_tls: TlsMaterial,
 }
 
 impl Resolved {
-    /// Logs in to the connection's database as `user` (an empty password sends none: a
-    /// certificate-only login).
+    /// Logs in to the connection's database as the role `user` (an empty password sends
+    /// none: a certificate-only login).
     pub async fn login(&self, user: &str, password: &str) -> Result<Session, ConnectError> {
-        self.login_to(&self.base.database, user, password).await
+        connect(&self.endpoint(&self.base.database, user, password)).await
     }
 
-    /// Logs in to another database on the same server.
-    pub async fn login_to(
+    /// Logs in as the role only if the server asks for its password: the login proves the
+    /// password (adoption), not merely that pg_hba.conf trusts the role.
+    pub async fn prove(&self, user: &str, password: &str) -> Result<Session, ConnectError> {
+        let mut ep = self.endpoint(&self.base.database, user, password);
+        ep.guard.require_password = true;
+        connect(&ep).await
+    }
+
+    /// Logs in as the admin to `database`.
+    pub async fn admin_to(
         &self,
         database: &str,
         user: &str,
         password: &str,
     ) -> Result<Session, ConnectError> {
-        let ep = Endpoint {
+        let mut ep = self.endpoint(database, user, password);
+        ep.tls = self.admin_tls.clone();
+        connect(&ep).await
+    }
+
+    fn endpoint(&self, database: &str, user: &str, password: &str) -> Endpoint {
+        Endpoint {
             database: database.to_owned(),
             user: user.to_owned(),
             password: Some(password.to_owned()).filter(|p| !p.is_empty()),
             ..self.base.clone()
-        };
-        connect(&ep).await
+        }
     }
 }
 
@@ -225,8 +241,8 @@ pub async fn resolve(
     let port = u16::try_from(port).unwrap_or(5432);
     let mut base = Endpoint::new(host.clone(), port, spec.database.clone(), String::new());
     base.sslmode = tls.sslmode;
-    // A server the tenant names gets passwords only through SCRAM unless it is verified.
-    base.scram_only = spec.server_ref.is_none();
+    // A server the tenant names (host and CA alike) gets passwords only through SCRAM.
+    base.guard.refuse_insecure = spec.server_ref.is_none();
     // Which replica did what shows in pg_stat_activity and the server log.
     base.application_name = format!("dbconn-operator {}", settings.identity);
     let text = |p: &Option<Vec<u8>>| p.as_ref().map(|p| String::from_utf8_lossy(p).into_owned());
@@ -238,7 +254,13 @@ pub async fn resolve(
         (Some(cert), Some(key)) if spec.server_ref.is_none() => Some((cert, key)),
         _ => None,
     };
+    let admin_tls = material.clone();
     base.tls = material;
+    if spec.server_ref.is_some() {
+        // A DatabaseServer's client certificate is the admin's.
+        base.tls.client_cert_pem = None;
+        base.tls.client_key_pem = None;
+    }
     Ok(Resolved {
         label: format!("{host}:{port}"),
         base,
@@ -247,6 +269,7 @@ pub async fn resolve(
         client_cert,
         admin_database,
         rules,
+        admin_tls,
     })
 }
 

@@ -23,9 +23,9 @@ pub struct Endpoint {
     pub connect_timeout: Duration,
     /// Server-side statement_timeout for the session.
     pub statement_timeout: Duration,
-    /// Send the password only through SCRAM unless sslmode verifies the server (verify-ca,
-    /// verify-full): for servers a tenant names (see `guard`).
-    pub scram_only: bool,
+    /// What the startup may not do (see `guard`): for a server a tenant names, no password
+    /// but through SCRAM; for a proof of a role's password, no login without one.
+    pub guard: super::guard::Policy,
 }
 
 impl Endpoint {
@@ -47,7 +47,7 @@ impl Endpoint {
             application_name: "dbconn".into(),
             connect_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(30),
-            scram_only: false,
+            guard: super::guard::Policy::default(),
         }
     }
 }
@@ -93,7 +93,7 @@ pub enum ConnectError {
     )]
     TooManyConnections(String),
     #[error(
-        "{1} at {0}, which sslmode {2} does not verify; dbconn sends the password of a server named in a DatabaseConnection only through SCRAM-SHA-256 unless sslmode is verify-ca or verify-full: set scram-sha-256 in the server's pg_hba.conf, or verify the server"
+        "{1} at {0} (sslmode {2}): dbconn sends passwords to a server named in a DatabaseConnection only through SCRAM-SHA-256 with at least 4096 iterations, and proves a role's password only by a login that asks for it; set scram-sha-256 in the server's pg_hba.conf"
     )]
     InsecureAuth(String, super::guard::InsecureAuthRequest, &'static str),
     #[error("{0}")]
@@ -167,7 +167,7 @@ async fn open(ep: &Endpoint, wire: Wire) -> Result<Session, ConnectError> {
     let addr = format!("{}:{}", ep.host, ep.port);
     // The whole handshake, not only the TCP connect, is bounded.
     let limit = ep.connect_timeout + Duration::from_secs(5);
-    if ep.scram_only && !matches!(ep.sslmode, SslMode::VerifyCa | SslMode::VerifyFull) {
+    if ep.guard != super::guard::Policy::default() {
         return match tokio::time::timeout(limit, guarded_session(ep, &mut config, wire, &addr))
             .await
         {
@@ -239,7 +239,7 @@ async fn guarded_session(
         Wire::Plain => {
             config.ssl_mode(tokio_postgres::config::SslMode::Disable);
             let (client, conn) = config
-                .connect_raw(AuthGuard::new(tcp, Start::Messages), NoTls)
+                .connect_raw(AuthGuard::new(tcp, Start::Messages, ep.guard), NoTls)
                 .await
                 .map_err(failed)?;
             tokio::spawn(conn);
@@ -262,8 +262,8 @@ async fn guarded_session(
             )?;
             let (client, conn) = config
                 .connect_raw(
-                    AuthGuard::new(tcp, Start::SslResponse),
-                    GuardedConnect(connect),
+                    AuthGuard::new(tcp, Start::SslResponse, ep.guard),
+                    GuardedConnect(connect, ep.guard),
                 )
                 .await
                 .map_err(failed)?;
@@ -280,7 +280,7 @@ async fn guarded_session(
 async fn session_uses_tls(client: &Client) -> bool {
     client
         .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "SELECT ssl FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid()",
             &[],
         )
         .await

@@ -429,10 +429,40 @@ pub fn sql(change: &Change, role: &Ident) -> String {
     }
 }
 
-/// Reads the objects grants can name in the connected database. Every function the SQL
-/// calls is schema-qualified with explicit argument types (the session's search_path is
-/// pg_catalog too), so nothing a tenant creates in a schema is ever called by the admin.
-pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> {
+/// The schemas a spec names: its preset's (unless access is none) and its grants'.
+pub fn named_schemas(spec: &DatabaseConnectionSpec) -> Vec<String> {
+    let preset = (spec.access != Access::None).then_some(spec.schemas.iter());
+    let mut out: Vec<String> = preset
+        .into_iter()
+        .flatten()
+        .chain(spec.grants.iter().filter_map(|g| g.schema.as_ref()))
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The most tables, sequences and functions read from the named schemas: a tenant that can
+/// create objects must not grow the operator's memory (or its GRANTs) without bound.
+pub const MAX_OBJECTS: usize = 20_000;
+
+/// Reading the catalog failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{}", .0.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| .0.to_string()))]
+    Query(#[from] tokio_postgres::Error),
+    #[error(
+        "the schemas this connection names hold more than {limit} tables, sequences and functions; name fewer schemas or objects"
+    )]
+    TooLarge { limit: usize },
+}
+
+/// Reads the objects grants can name in the connected database, in `schemas` only, at most
+/// MAX_OBJECTS of them. Every function the SQL calls is schema-qualified with explicit
+/// argument types (the session's search_path is pg_catalog too), so nothing a tenant creates
+/// in a schema is ever called by the admin.
+pub async fn catalog(client: &Client, schemas: &[String]) -> Result<Catalog, CatalogError> {
     let head = client
         .query_one(
             "SELECT pg_catalog.current_database()::pg_catalog.text, CURRENT_USER::pg_catalog.text",
@@ -444,16 +474,18 @@ pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> 
         owner: head.get(1),
         ..Catalog::default()
     };
+    let limit = i64::try_from(MAX_OBJECTS + 1).unwrap_or(i64::MAX);
     let rows = client
         .query(
             "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, c.relkind::pg_catalog.text, \
              pg_catalog.pg_get_userbyid(c.relowner)::pg_catalog.text FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') \
-             AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'",
-            &[],
+             AND n.nspname OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]) LIMIT $2::pg_catalog.int8",
+            &[&schemas, &limit],
         )
         .await?;
+    let mut count = rows.len();
     for r in rows {
         let (schema, name, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
         c.owners.insert((schema.clone(), name.clone()), r.get(3));
@@ -470,11 +502,15 @@ pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> 
              p.oid::pg_catalog.regprocedure::pg_catalog.text, \
              pg_catalog.pg_get_userbyid(p.proowner)::pg_catalog.text FROM pg_catalog.pg_proc p \
              JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-             WHERE p.prokind IN ('f', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-             AND n.nspname NOT LIKE 'pg\\_%'",
-            &[],
+             WHERE p.prokind IN ('f', 'p') \
+             AND n.nspname OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]) LIMIT $2::pg_catalog.int8",
+            &[&schemas, &limit],
         )
         .await?;
+    count += rows.len();
+    if count > MAX_OBJECTS {
+        return Err(CatalogError::TooLarge { limit: MAX_OBJECTS });
+    }
     for r in rows {
         c.owners.insert((r.get(0), r.get(2)), r.get(3));
         c.functions
@@ -490,8 +526,9 @@ pub async fn catalog(client: &Client) -> Result<Catalog, tokio_postgres::Error> 
              WHEN n.nspowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'pg_database_owner') THEN d.datdba \
              ELSE n.nspowner END)::pg_catalog.text \
              FROM pg_catalog.pg_namespace n, pg_catalog.pg_database d \
-             WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()",
-            &[],
+             WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
+             AND n.nspname OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
+            &[&schemas],
         )
         .await?
     {
@@ -508,12 +545,26 @@ pub async fn current(
     client: &impl GenericClient,
     role: &str,
 ) -> Result<BTreeSet<Priv>, CurrentError> {
-    Ok(entries(client, role)
+    Ok(entries(client, role, Scope::Manageable)
         .await?
         .into_iter()
         .map(|e| e.privilege)
         .collect())
 }
+
+/// Which of a role's ACL entries to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Those the admin can change: granted by a role it is a member of (a superuser is a
+    /// member of every role). Grants another tenant's role made to this role on its own
+    /// objects are not dbconn's to revoke, nor its default privileges to alter.
+    Manageable,
+    /// All of them, whoever granted them.
+    All,
+}
+
+/// The most ACL entries of one role read at once.
+const MAX_ENTRIES: i64 = 100_000;
 
 /// One ACL entry of a role: the privilege, and the role that granted it (for default
 /// privileges, the role whose future objects they cover).
@@ -523,11 +574,17 @@ pub struct Entry {
     pub grantor: String,
 }
 
-/// Every explicit ACL entry `role` holds in the connected database, with its grantor.
-pub async fn entries(client: &impl GenericClient, role: &str) -> Result<Vec<Entry>, CurrentError> {
+/// The explicit ACL entries `role` holds in the connected database, with their grantor.
+pub async fn entries(
+    client: &impl GenericClient,
+    role: &str,
+    scope: Scope,
+) -> Result<Vec<Entry>, CurrentError> {
+    let all = scope == Scope::All;
     let rows = client
         .query(
             "WITH r AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1::pg_catalog.text) \
+             SELECT * FROM ( \
              SELECT 'database', d.datname::pg_catalog.text, '', '', a.privilege_type, pg_catalog.pg_get_userbyid(a.grantor)::pg_catalog.text \
                FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a, r \
                WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() AND a.grantee = r.oid \
@@ -548,8 +605,12 @@ pub async fn entries(client: &impl GenericClient, role: &str) -> Result<Vec<Entr
                n.nspname::pg_catalog.text, o.rolname::pg_catalog.text, '', a.privilege_type, o.rolname::pg_catalog.text \
                FROM pg_catalog.pg_default_acl d JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace \
                JOIN pg_catalog.pg_roles o ON o.oid = d.defaclrole, pg_catalog.aclexplode(d.defaclacl) a, r \
-               WHERE a.grantee = r.oid",
-            &[&role],
+               WHERE a.grantee = r.oid \
+             ) e(kind, a, b, sig, privilege, grantor) \
+             WHERE $2::pg_catalog.bool \
+               OR pg_catalog.pg_has_role(CURRENT_USER, e.grantor::pg_catalog.name, 'MEMBER'::pg_catalog.text) \
+             LIMIT $3::pg_catalog.int8",
+            &[&role, &all, &MAX_ENTRIES],
         )
         .await
         .map_err(CurrentError::Query)?;

@@ -148,8 +148,8 @@ pub fn password_sql(role: &Ident, verifier: &str) -> String {
 }
 
 /// The steps that drop a role, as SQL (pure): stop new logins and end its sessions on the
-/// admin connection, then in each database where it owns or holds anything hand its objects
-/// to the admin and drop its privileges, then drop it.
+/// admin connection, then in each database where it owns or holds anything drop what it owns
+/// and its privileges (DROP OWNED), then drop it.
 pub struct DropPlan {
     /// Run once, on the admin connection; `$1` is the role name.
     pub stop_logins: String,
@@ -167,7 +167,7 @@ pub struct DropPlan {
 pub fn drop_plan(role: &Ident) -> DropPlan {
     DropPlan {
         stop_logins: format!("ALTER ROLE {role} NOLOGIN"),
-        terminate_sessions: "SELECT count(pg_catalog.pg_terminate_backend(pid, 0::pg_catalog.int8)) \
+        terminate_sessions: "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(pid, 0::pg_catalog.int8)) \
                              FROM pg_catalog.pg_stat_activity \
                              WHERE usename = $1::pg_catalog.text AND pid <> pg_catalog.pg_backend_pid()",
         databases_with_objects: "SELECT DISTINCT d.datname::pg_catalog.text FROM pg_catalog.pg_shdepend s \
@@ -177,7 +177,9 @@ pub fn drop_plan(role: &Ident) -> DropPlan {
                                  AND d.datallowconn",
         is_member: "SELECT pg_catalog.pg_has_role(CURRENT_USER, $1::pg_catalog.name, 'USAGE'::pg_catalog.text)",
         become_member: format!("GRANT {role} TO CURRENT_USER"),
-        disown: format!("REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}"),
+        // Never REASSIGN to the admin: the role's SECURITY DEFINER functions, views and rules
+        // would then run with the admin's privileges (docs/security.md, rule 8).
+        disown: format!("DROP OWNED BY {role}"),
         drop: format!("DROP ROLE IF EXISTS {role}"),
     }
 }
@@ -252,10 +254,7 @@ mod tests {
         let role = ident("we\"ird role").unwrap();
         let plan = drop_plan(&role);
         assert_eq!(plan.stop_logins, "ALTER ROLE \"we\"\"ird role\" NOLOGIN");
-        assert_eq!(
-            plan.disown,
-            "REASSIGN OWNED BY \"we\"\"ird role\" TO CURRENT_USER; DROP OWNED BY \"we\"\"ird role\""
-        );
+        assert_eq!(plan.disown, "DROP OWNED BY \"we\"\"ird role\"");
         assert_eq!(plan.drop, "DROP ROLE IF EXISTS \"we\"\"ird role\"");
         assert!(plan.terminate_sessions.contains("usename = $1"));
     }

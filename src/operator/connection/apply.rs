@@ -124,6 +124,9 @@ pub async fn role(refs: &Refs, facts: &Facts, plan: &Plan, admin: &Client) -> Re
     if let Some(sql) =
         current.and_then(|s| role::attributes_sql(&plan.role, plan.connection_limit, s))
     {
+        ensure_owner(admin, &plan.role_name, &plan.marker.uid)
+            .await
+            .map_err(at(AUTHORIZED))?;
         admin
             .batch_execute(&sql)
             .await
@@ -145,7 +148,7 @@ async fn claimed(
     let (user, password) = refs.server.admin.clone().unwrap_or_default();
     let mut session = refs
         .server
-        .login_to(&refs.server.admin_database, &user, &password)
+        .admin_to(&refs.server.admin_database, &user, &password)
         .await
         .map_err(at(AUTHORIZED))?;
     let tx = session
@@ -185,6 +188,7 @@ pub async fn grants(
         admin,
         &plan.role_name,
         &plan.role,
+        &plan.marker.uid,
         &plan.privileges.privileges,
     )
     .await
@@ -215,6 +219,7 @@ pub async fn set_privileges(
     admin: &mut Client,
     role_name: &str,
     role_ident: &Ident,
+    owner_uid: &str,
     desired: &BTreeSet<privileges::Priv>,
 ) -> Result<usize, Error> {
     let read = |e: privileges::CurrentError| Error::Sql {
@@ -239,6 +244,9 @@ pub async fn set_privileges(
     )
     .await
     .map_err(|e| Error::sql("taking the grant lock", e))?;
+    // Under the lock, the role must still be this connection's: nothing is granted to or
+    // revoked from a role another connection claimed meanwhile.
+    ensure_owner(&tx, role_name, owner_uid).await?;
     // Re-read under the lock: another replica may have converged already.
     let current = privileges::current(&tx, role_name).await.map_err(read)?;
     let plan = privileges::plan(desired, &current);
@@ -258,12 +266,34 @@ pub async fn set_privileges(
     Ok(plan.len())
 }
 
+/// Fails unless the role's marker names the connection with UID `uid`.
+pub async fn ensure_owner(
+    client: &impl tokio_postgres::GenericClient,
+    role_name: &str,
+    uid: &str,
+) -> Result<(), Error> {
+    let state = role::inspect(client, role_name)
+        .await
+        .map_err(|e| Error::sql("reading the role", e))?;
+    let marker = state.and_then(|s| role::Marker::parse(&s.comment));
+    if marker.is_some_and(|m| m.uid == uid) {
+        return Ok(());
+    }
+    Err(Error::RoleClaimed {
+        role: role_name.to_owned(),
+        owner: "another DatabaseConnection, which claimed it meanwhile".into(),
+    })
+}
+
 /// Logs in as the role. The role is this connection's by now, so a refused password (a new
 /// one generated after its Secret was deleted, or a changed passwordSecretRef) is set, as a
 /// verifier, and the login tried again.
 pub async fn login(refs: &Refs, plan: &Plan, admin: &Client) -> Result<Session, Failed> {
     match refs.server.login(&plan.role_name, &plan.password).await {
         Err(ConnectError::PasswordRejected(_)) => {
+            ensure_owner(admin, &plan.role_name, &plan.marker.uid)
+                .await
+                .map_err(at(AUTHORIZED))?;
             let sql = role::password_sql(&plan.role, &role::verifier(&plan.password));
             admin
                 .batch_execute(&sql)

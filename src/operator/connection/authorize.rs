@@ -71,6 +71,28 @@ pub fn policy(refs: &Refs, spec: &DatabaseConnectionSpec) -> Result<(), Failed> 
     }
 }
 
+/// An inline server's address is immutable, also where it comes from a URL Secret the tenant
+/// can edit: once the connection acted on a server (its finalizer is on), a different
+/// `host:port` is refused. Pure.
+pub fn same_server(conn: &DatabaseConnection, refs: &Refs) -> Result<(), Failed> {
+    let acted = conn
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == super::cleanup::FINALIZER);
+    let before = conn.status.as_ref().and_then(|s| s.server.as_deref());
+    match before {
+        Some(before) if acted && conn.spec.server_ref.is_none() && before != refs.server.label => {
+            Err(at(AUTHORIZED)(Error::ServerChanged {
+                before: before.to_owned(),
+                now: refs.server.label.clone(),
+            }))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Reads the role and the catalog as the admin, and decides the claim. Reads only.
 pub async fn claim(
     ctx: &Context,
@@ -108,9 +130,9 @@ pub async fn claim(
     if matches!(claim, Claim::Adopt { .. } | Claim::Reclaim { .. }) {
         login_proves_password(refs, &spec.role.name).await?;
     }
-    let catalog = privileges::catalog(admin)
+    let catalog = privileges::catalog(admin, &privileges::named_schemas(spec))
         .await
-        .map_err(|e| at(AUTHORIZED)(Error::sql("reading the catalog", e)))?;
+        .map_err(at(AUTHORIZED))?;
     creators(refs, spec, &catalog).map_err(at(AUTHORIZED))?;
     Ok(Facts {
         role: state,
@@ -122,7 +144,7 @@ pub async fn claim(
 /// Adoption and reclaim need proof that whoever asks knows the role's password: a login.
 /// A refusal after the password was accepted (no CONNECT on the database) counts as proof.
 async fn login_proves_password(refs: &Refs, role: &str) -> Result<(), Failed> {
-    match refs.server.login(role, &refs.password.value).await {
+    match refs.server.prove(role, &refs.password.value).await {
         Ok(_) | Err(ConnectError::RefusedAfterLogin(_)) => Ok(()),
         Err(e @ (ConnectError::Timeout(..) | ConnectError::Unreachable(..))) => {
             Err(at(AUTHORIZED)(e))
@@ -243,15 +265,12 @@ fn creators(refs: &Refs, spec: &DatabaseConnectionSpec, catalog: &Catalog) -> Re
     let Some(rules) = &refs.server.rules else {
         return Ok(());
     };
-    let schemas: Vec<&String> = spec
-        .schemas
-        .iter()
-        .chain(spec.grants.iter().filter_map(|g| g.schema.as_ref()))
-        .collect();
+    // The schemas the policy checked: access none names no preset schema.
+    let schemas = privileges::named_schemas(spec);
     for role in &spec.default_privileges_for {
         let creates = schemas
             .iter()
-            .any(|s| catalog.creators.get(*s) == Some(role));
+            .any(|s| catalog.creators.get(s) == Some(role));
         if !creates && rules.check_creator(role).is_err() {
             return Err(Error::CreatorNotAllowed {
                 role: role.clone(),

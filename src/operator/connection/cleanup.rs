@@ -5,7 +5,7 @@
 //! Only a role whose marker names this connection is touched. Retain keeps the role, its
 //! grants and the generated password (the Secret is left, without its owner, for a new
 //! connection of the same name to take over); Revoke takes back every privilege; Delete drops
-//! a role this connection created (ending its sessions, handing what it owns to the admin)
+//! a role this connection created (ending its sessions, dropping what it owns with it)
 //! and releases an adopted one (revoked, marker removed, its old comment restored). Until
 //! the server has done its part the finalizer stays and Ready says why.
 
@@ -79,7 +79,11 @@ pub async fn cleanup(conn: Arc<DatabaseConnection>, ctx: Arc<Context>) -> Result
             "role {:?} and its privileges kept (deletionPolicy Retain)",
             conn.spec.role.name
         )),
-        DeletionPolicy::Revoke | DeletionPolicy::Delete => on_server(&conn, &ctx, policy).await,
+        DeletionPolicy::Revoke | DeletionPolicy::Delete => {
+            tokio::time::timeout(super::RECONCILE_TIMEOUT, on_server(&conn, &ctx, policy))
+                .await
+                .unwrap_or(Err(Error::Stalled(super::RECONCILE_TIMEOUT)))
+        }
     };
     let note = match done {
         Ok(note) => note,
@@ -162,7 +166,9 @@ async fn on_server(
             "role {role_ident} left as it was: no admin credentials, dbconn changed nothing"
         ));
     };
-    let mut admin = resolved.login(&user, &password).await?;
+    let mut admin = resolved
+        .admin_to(&resolved.base.database, &user, &password)
+        .await?;
     // Authorize: the marker decides.
     let state = role::inspect(&admin.client, &role_name)
         .await
@@ -179,6 +185,7 @@ async fn on_server(
                 &mut admin.client,
                 &role_name,
                 &role_ident,
+                &me(conn).uid,
                 &BTreeSet::new(),
             )
             .await?;
@@ -225,7 +232,7 @@ async fn drop_role(
         .await
         .map_err(|e| Error::sql("disabling the role's logins", e))?;
     // A CREATEROLE admin that is not a superuser needs the role's privileges to end its
-    // sessions (PostgreSQL 16+), hand its objects over and drop them.
+    // sessions (PostgreSQL 16+) and drop what it owns.
     let member: bool = admin
         .query_one(plan.is_member, &[&role_name])
         .await
@@ -256,13 +263,20 @@ async fn drop_role(
         let client: &mut Client = if *db == resolved.base.database {
             &mut *admin
         } else {
-            other = resolved.login_to(db, user, password).await?;
+            other = resolved.admin_to(db, user, password).await?;
             &mut other.client
         };
         client
             .batch_execute(&plan.disown)
             .await
-            .map_err(|e| Error::sql("reassigning the role's objects", e))?;
+            .map_err(|e| match e.as_db_error() {
+                Some(err) => Error::DropBlocked(format!(
+                    "DROP OWNED BY {role_ident} in database {db} failed: {}{}",
+                    err.message(),
+                    err.detail().map(|d| format!(": {d}")).unwrap_or_default(),
+                )),
+                None => Error::sql("dropping the role's objects", e),
+            })?;
         blockers.extend(revoke_as_grantors(client, role_name, role_ident, db).await?);
     }
     if !blockers.is_empty() {
@@ -283,7 +297,7 @@ async fn drop_role(
             None => Error::sql("dropping the role", e),
         })?;
     Ok(format!(
-        "role {role_ident} dropped (deletionPolicy Delete): {ended} sessions ended, objects in {} reassigned to {user}",
+        "role {role_ident} dropped (deletionPolicy Delete): {ended} sessions ended, what it owned in {} dropped with it",
         databases.into_iter().collect::<Vec<_>>().join(", ")
     ))
 }
@@ -301,15 +315,19 @@ async fn revoke_as_grantors(
         step: "reading the role's remaining privileges",
         message: e.to_string(),
     };
-    let left = privileges::entries(&*client, role_name)
+    let left = privileges::entries(&*client, role_name, privileges::Scope::All)
         .await
         .map_err(read)?;
     let mut blockers = Vec::new();
     for entry in left {
         let grantor = ident(&entry.grantor)?;
+        // SET ROLE needs the SET option from PostgreSQL 16 (a CREATEROLE creator holds ADMIN
+        // without it), membership before.
         let can: bool = client
             .query_one(
-                "SELECT pg_catalog.pg_has_role(CURRENT_USER, $1::pg_catalog.name, 'MEMBER'::pg_catalog.text)",
+                "SELECT pg_catalog.pg_has_role(CURRENT_USER, $1::pg_catalog.name, CASE WHEN \
+                 pg_catalog.current_setting('server_version_num')::pg_catalog.int4 >= 160000 \
+                 THEN 'SET' ELSE 'MEMBER' END::pg_catalog.text)",
                 &[&entry.grantor],
             )
             .await

@@ -144,6 +144,12 @@ pub async fn existing(
         return Ok(Existing::Owned(secret));
     }
     if secret.owner_references().is_empty() && secret.annotations().contains_key(RETAINED_FROM) {
+        if conn.spec.role.password_secret_ref.is_some() {
+            // Taking it over would overwrite the only copy of a retained role's password.
+            return Err(Error::SecretConflict(format!(
+                "{ns}/{name} (it keeps the generated password of a role a deleted connection retained; without role.passwordSecretRef this connection takes it over)"
+            )));
+        }
         return Ok(Existing::Retained(secret));
     }
     Err(Error::SecretConflict(format!("{ns}/{name}")))

@@ -42,22 +42,35 @@ fn at<E: Into<Error>>(step: &'static str) -> impl FnOnce(E) -> Failed {
     }
 }
 
+/// The longest one reconcile (or cleanup) may take: a server that accepts a connection and
+/// then stops answering (a tenant's tarpit) must not hold a reconcile slot for ever.
+pub const RECONCILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Reconciles one DatabaseConnection.
 pub async fn reconcile(conn: Arc<DatabaseConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
     let mut report = Report::default();
-    let outcome = run(&conn, &ctx, &mut report).await;
+    let outcome = tokio::time::timeout(RECONCILE_TIMEOUT, run(&conn, &ctx, &mut report))
+        .await
+        .unwrap_or_else(|_| Err(at(SERVER_REACHABLE)(Error::Stalled(RECONCILE_TIMEOUT))));
     report::finish(&conn, &ctx, report, outcome).await
 }
 
 async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result<Cond, Failed> {
+    // Until this run reaches a server, status keeps the one it had.
+    r.server = conn.status.as_ref().and_then(|s| s.server.clone());
     let refs = dereference::refs(ctx, conn, Purpose::Reconcile).await?;
+    authorize::same_server(conn, &refs)?;
     r.server = Some(refs.server.label.clone());
     authorize::policy(&refs, &conn.spec)?;
     let Some((user, password)) = refs.server.admin.clone() else {
         return validate_only(conn, ctx, &refs, r).await;
     };
     let mut admin = ctx
-        .guarded(&refs.server.label, refs.server.login(&user, &password))
+        .guarded(
+            &refs.server.label,
+            refs.server
+                .admin_to(&refs.server.base.database, &user, &password),
+        )
         .await
         .map_err(at(SERVER_REACHABLE))?;
     r.connected(&refs.server, &admin).await;
@@ -113,9 +126,9 @@ async fn validate_only(
         "ValidateOnly",
         "no admin credentials: dbconn changes nothing on the server",
     ));
-    let catalog = privileges::catalog(&app.client)
+    let catalog = privileges::catalog(&app.client, &privileges::named_schemas(&conn.spec))
         .await
-        .map_err(|e| at(GRANTS_APPLIED)(Error::sql("reading the catalog", e)))?;
+        .map_err(at(GRANTS_APPLIED))?;
     let plan = plan::validate_only(conn, refs, &catalog)?;
     r.done.push(logged_in(&plan));
     r.done.push(Cond::ok(

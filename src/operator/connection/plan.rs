@@ -127,6 +127,7 @@ mod tests {
                 client_cert: None,
                 admin_database: "postgres".into(),
                 rules: None,
+                admin_tls: Default::default(),
             },
             secret_name: "orders".into(),
             secret: Existing::Absent,
