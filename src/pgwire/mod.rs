@@ -6,6 +6,7 @@
 pub mod frame;
 pub mod messages;
 pub mod scram;
+pub mod sqlstate;
 pub mod tracker;
 
 /// A message that breaks the protocol. Each closes the offending connection with an

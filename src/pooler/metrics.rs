@@ -29,6 +29,8 @@ pub struct Metrics {
     pub pinned: Gauge,
     /// Statements the pooler prepared on a server connection for a client's named statement.
     pub prepares: Counter,
+    /// Server connections reset before another client's transaction.
+    pub resets: Counter,
     errors: Family<KindLabel, Counter>,
     pins: Family<KindLabel, Counter>,
 }
@@ -50,6 +52,7 @@ impl Default for Metrics {
             wait: Histogram::new(exponential_buckets(0.000_01, 4.0, 12)),
             pinned: Gauge::default(),
             prepares: Counter::default(),
+            resets: Counter::default(),
             errors: Family::default(),
             pins: Family::default(),
             registry: Registry::default(),
@@ -119,6 +122,11 @@ impl Default for Metrics {
             "server_prepares",
             "Named statements prepared on a server connection for a client",
             m.prepares.clone(),
+        );
+        r.register(
+            "server_resets",
+            "Server connections reset (RESET ALL and the rest) before another client's transaction",
+            m.resets.clone(),
         );
         Metrics { registry: r, ..m }
     }

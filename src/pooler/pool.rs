@@ -44,10 +44,24 @@ pub struct Pool {
     /// Whether the last attempt to log in upstream worked.
     ready: AtomicBool,
     generation: AtomicU64,
+    /// Which backend serves which client, and the cancels on their way to a backend.
+    cancels: Mutex<Cancels>,
+    /// Signalled when a cancel is done (the server has acted on it).
+    cancel_done: tokio::sync::Notify,
+    /// Bumped when prepared statements may have gone stale (DDL, or a 0A000 "cached plan must
+    /// not change result type"): every server connection forgets its own at its next use.
+    statement_epoch: AtomicU64,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Cancel bookkeeping, under one lock so a cancel and a release never cross.
+#[derive(Default)]
+struct Cancels {
     /// Each client's cancel key (the BackendKeyData the pooler gave it) → the key of the
     /// server backend running its statements, while it has one.
-    cancels: Mutex<std::collections::HashMap<BackendKey, Option<BackendKey>>>,
-    pub metrics: Arc<Metrics>,
+    serving: std::collections::HashMap<BackendKey, Option<BackendKey>>,
+    /// Backends with cancels in flight, and how many.
+    in_flight: std::collections::HashMap<BackendKey, usize>,
 }
 
 impl Pool {
@@ -60,7 +74,9 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             server_params: RwLock::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
-            cancels: Mutex::new(std::collections::HashMap::new()),
+            cancels: Mutex::new(Cancels::default()),
+            cancel_done: tokio::sync::Notify::new(),
+            statement_epoch: AtomicU64::new(0),
             metrics,
         }
     }
@@ -90,41 +106,67 @@ impl Pool {
             .retain(|c| c.generation == generation);
     }
 
+    /// The current statement epoch (see `statements_changed`).
+    pub fn statement_epoch(&self) -> u64 {
+        self.statement_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Statements prepared until now may answer for a schema that is gone.
+    pub fn statements_changed(&self) {
+        self.statement_epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn cancels(&self) -> std::sync::MutexGuard<'_, Cancels> {
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records which server backend (if any) serves the client with cancel key `client`;
     /// `None` for `server` clears it, `forget` removes the client.
     pub fn serving(&self, client: (i32, i32), server: Option<(i32, i32)>) {
-        self.cancels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(client, server);
+        self.cancels().serving.insert(client, server);
     }
 
     pub fn forget(&self, client: (i32, i32)) {
-        self.cancels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&client);
+        self.cancels().serving.remove(&client);
     }
 
     /// A CancelRequest with a client's key: forwarded to the backend serving that client
-    /// now; nothing when it has none (an idle client) or the key is unknown.
+    /// now; nothing when it has none (an idle client) or the key is unknown. Until the server
+    /// has acted on it, that backend's connection goes to no other client (`checkin` waits),
+    /// so a cancel that arrives late never stops another client's query.
     pub async fn cancel(&self, client: (i32, i32)) {
-        let target = self
-            .cancels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&client)
-            .copied()
-            .flatten();
+        let target = {
+            let mut c = self.cancels();
+            let target = c.serving.get(&client).copied().flatten();
+            if let Some(t) = target {
+                *c.in_flight.entry(t).or_default() += 1;
+            }
+            target
+        };
         let Some(target) = target else {
             return;
         };
         let creds = self.credentials();
-        if let Err(e) = server::cancel(&creds.upstream, target, self.settings.connect_timeout).await
+        let sent = server::cancel(&creds.upstream, target, self.settings.connect_timeout).await;
         {
+            let mut c = self.cancels();
+            if let Some(n) = c.in_flight.get_mut(&target) {
+                *n -= 1;
+                if *n == 0 {
+                    c.in_flight.remove(&target);
+                }
+            }
+        }
+        self.cancel_done.notify_waiters();
+        if let Err(e) = sent {
             self.metrics.error("cancel");
             tracing::warn!(error = %e, "forwarding a cancel request");
         }
+    }
+
+    /// Whether a cancel is on its way to `backend`.
+    fn cancelling(&self, backend: BackendKey) -> bool {
+        self.cancels().in_flight.contains_key(&backend)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -179,7 +221,7 @@ impl Pool {
         self.metrics.servers_active.inc();
         Ok(Lease {
             conn: Some(conn),
-            _permit: permit,
+            permit: Some(permit),
             pool: self.clone(),
         })
     }
@@ -291,7 +333,8 @@ impl Pool {
 /// A server connection lent to one client.
 pub struct Lease {
     conn: Option<ServerConn>,
-    _permit: OwnedSemaphorePermit,
+    /// The pool slot it holds; given up with the connection.
+    permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Pool>,
 }
 
@@ -303,11 +346,32 @@ impl Lease {
             .unwrap_or_else(|| unreachable!("a lease always holds a connection"))
     }
 
-    /// Returns a clean connection to the pool.
+    /// Returns a clean connection to the pool; with a cancel on its way to it, only once the
+    /// server has acted on that cancel (the slot stays taken meanwhile).
     pub fn release(mut self) {
-        if let Some(c) = self.conn.take() {
+        let Some(c) = self.conn.take() else {
+            return;
+        };
+        if !self.pool.cancelling(c.key) {
             self.pool.checkin(c);
+            return;
         }
+        let pool = self.pool.clone();
+        // The slot goes with the connection: the pool never opens one more meanwhile.
+        let permit = self.permit.take();
+        pool.metrics.servers_active.inc();
+        tokio::spawn(async move {
+            loop {
+                let done = pool.cancel_done.notified();
+                if !pool.cancelling(c.key) {
+                    break;
+                }
+                done.await;
+            }
+            pool.checkin(c);
+            pool.metrics.servers_active.dec();
+            drop(permit);
+        });
     }
 }
 

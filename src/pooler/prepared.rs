@@ -70,6 +70,11 @@ impl Cache {
         self.names.clear();
     }
 
+    /// Whether the server holds none of the pooler's statements.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.names.len()
@@ -142,12 +147,16 @@ pub struct Prepared {
     parses_sent: u64,
 }
 
-/// The name a statement has on every server connection: its text and parameter types, hashed.
-fn server_name(query: &[u8], types: &[u8]) -> String {
+/// The name a statement has on every server connection: its text, parameter types and the
+/// context its text is read in (search_path and the like), hashed. The same text under
+/// another search_path is another statement.
+fn server_name(query: &[u8], types: &[u8], context: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(query);
     h.update([0]);
     h.update(types);
+    h.update([0]);
+    h.update(context);
     let d = h.finalize();
     let mut name = String::from("dbconn_");
     for b in &d[..12] {
@@ -281,10 +290,12 @@ impl Prepared {
     }
 
     /// One client message (a whole frame): appends what to send the server to `out`.
+    /// `context` is what a Parse's text is read in (see `server_name`).
     pub fn client(
         &mut self,
         tag: u8,
         frame: &[u8],
+        context: &[u8],
         cache: &mut Cache,
         out: &mut Vec<u8>,
     ) -> Result<(), WireError> {
@@ -306,7 +317,7 @@ impl Prepared {
                     self.expect(Expect::Plain(Kind::Parse), cache);
                     return Ok(());
                 }
-                let server_name = server_name(query.as_bytes(), types);
+                let server_name = server_name(query.as_bytes(), types, context);
                 let mut parse = Vec::with_capacity(frame.len() + server_name.len());
                 put(&mut parse, b'P', &[server_name.as_bytes(), b"\0", rest]);
                 let stmt = Arc::new(Statement {
@@ -557,7 +568,7 @@ mod tests {
     fn send(p: &mut Prepared, cache: &mut Cache, frames: &[Vec<u8>]) -> Vec<(u8, String)> {
         let mut out = Vec::new();
         for f in frames {
-            p.client(f[0], f, cache, &mut out).unwrap();
+            p.client(f[0], f, b"", cache, &mut out).unwrap();
         }
         let mut sent = Vec::new();
         let mut at = 0;
@@ -736,7 +747,7 @@ mod tests {
         let mut q = Vec::new();
         messages::query(&mut q, "DEALLOCATE s1");
         let mut out = Vec::new();
-        p.client(b'Q', &q, &mut c, &mut out).unwrap();
+        p.client(b'Q', &q, b"", &mut c, &mut out).unwrap();
         assert!(String::from_utf8_lossy(&out).contains(&format!("DEALLOCATE {server}")));
         answer(&mut p, &mut c, b"CZ");
         assert!(p.get("s1").is_none());

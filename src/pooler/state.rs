@@ -156,24 +156,34 @@ fn words(stmt: &str, n: usize) -> Vec<String> {
     out
 }
 
-/// The setting a `SET`/`RESET` statement names (after the keyword), if it is a session-level
-/// one the pooler tracks.
-fn setting(w: &[String]) -> Option<String> {
+/// The settings a `SET`/`RESET` statement changes (the words after the keyword), when it is
+/// a session-level one the pooler carries. SET SESSION CHARACTERISTICS sets the
+/// default_transaction_* settings (as JDBC's setReadOnly does).
+fn setting(w: &[String]) -> Vec<String> {
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
     let w = match w.as_slice() {
-        ["session", "characteristics" | "authorization", ..] => return None,
+        ["session", "characteristics", ..] => {
+            return [
+                "default_transaction_isolation",
+                "default_transaction_read_only",
+                "default_transaction_deferrable",
+            ]
+            .map(String::from)
+            .to_vec();
+        }
+        ["session", "authorization", ..] => return Vec::new(),
         ["session", rest @ ..] => rest,
-        ["local" | "transaction" | "constraints", ..] => return None,
+        ["local" | "transaction" | "constraints", ..] => return Vec::new(),
         rest => rest,
     };
-    Some(match w {
+    vec![match w {
         ["time", "zone", ..] => "timezone".to_owned(),
         ["schema", ..] => "search_path".to_owned(),
         ["names", ..] => "client_encoding".to_owned(),
         ["xml", "option", ..] => "xmloption".to_owned(),
         [name, ..] => (*name).to_owned(),
-        [] => return None,
-    })
+        [] => return Vec::new(),
+    }]
 }
 
 /// What the SQL of a simple query or a prepared statement may do to the session.
@@ -192,18 +202,10 @@ pub fn scan(sql: &str) -> Scan {
     for stmt in statements(sql) {
         let w = words(&stmt, 4);
         match w.first().map(String::as_str) {
-            Some("set") => {
-                if let Some(name) = setting(&w[1..]) {
-                    s.settings.push(name);
-                }
-            }
+            Some("set") => s.settings.extend(setting(&w[1..])),
             Some("reset") => match w.get(1).map(String::as_str) {
                 Some("all") => s.reset_all = true,
-                Some(_) => {
-                    if let Some(name) = setting(&w[1..]) {
-                        s.settings.push(name);
-                    }
-                }
+                Some(_) => s.settings.extend(setting(&w[1..])),
                 None => {}
             },
             Some("discard") if w.get(1).map(String::as_str) == Some("all") => s.reset_all = true,
@@ -243,6 +245,14 @@ mod tests {
         assert!(scan("RESET ALL").reset_all);
         assert!(scan("discard all").reset_all);
         assert!(scan("SET ROLE reporting").settings == ["role"]);
+        assert_eq!(
+            scan("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY").settings,
+            [
+                "default_transaction_isolation",
+                "default_transaction_read_only",
+                "default_transaction_deferrable"
+            ]
+        );
     }
 
     #[test]
