@@ -48,9 +48,9 @@ pub struct Pool {
     cancels: Mutex<Cancels>,
     /// Signalled when a cancel is done (the server has acted on it).
     cancel_done: tokio::sync::Notify,
-    /// Bumped when prepared statements may have gone stale (DDL, or a 0A000 "cached plan must
-    /// not change result type"): every server connection forgets its own at its next use.
-    statement_epoch: AtomicU64,
+    /// The statement clock: when each Parse happened, so a server's copy of a statement is
+    /// known to be as new as a client's Parse (see `prepared`).
+    statement_clock: AtomicU64,
     pub metrics: Arc<Metrics>,
 }
 
@@ -76,7 +76,7 @@ impl Pool {
             ready: AtomicBool::new(false),
             cancels: Mutex::new(Cancels::default()),
             cancel_done: tokio::sync::Notify::new(),
-            statement_epoch: AtomicU64::new(0),
+            statement_clock: AtomicU64::new(0),
             metrics,
         }
     }
@@ -106,14 +106,9 @@ impl Pool {
             .retain(|c| c.generation == generation);
     }
 
-    /// The current statement epoch (see `statements_changed`).
-    pub fn statement_epoch(&self) -> u64 {
-        self.statement_epoch.load(Ordering::SeqCst)
-    }
-
-    /// Statements prepared until now may answer for a schema that is gone.
-    pub fn statements_changed(&self) {
-        self.statement_epoch.fetch_add(1, Ordering::SeqCst);
+    /// The next tick of the statement clock.
+    pub fn statement_tick(&self) -> u64 {
+        self.statement_clock.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn cancels(&self) -> std::sync::MutexGuard<'_, Cancels> {

@@ -1,9 +1,16 @@
 //! Named prepared statements in transaction mode. A client's statement names are its own; on
-//! the server each statement lives under a name derived from its text and parameter types,
-//! so two clients' "s1" never collide and one client's statement is found on whichever
-//! server connection its next transaction lands. Pure: fed frames, it writes the frames to
-//! send and keeps, in order, what the server owes, so the answers to messages the pooler
-//! added are dropped and the answers to messages it left out are made up in their place.
+//! the server each statement lives under a name derived from its text, parameter types and
+//! search_path, so two clients' "s1" never collide and one client's statement is found on
+//! whichever server connection its next transaction lands. Pure: fed frames, it writes the
+//! frames to send and keeps, in order, what the server owes, so the answers to messages the
+//! pooler added are dropped and the answers to messages it left out are made up in their
+//! place.
+//!
+//! A server's copy answers for a client's statement only if it was parsed no earlier than the
+//! client's Parse: a copy parsed before a migration (ALTER TABLE …) would answer with the old
+//! result type, so an older copy is closed and parsed again first. A client whose own Parse
+//! predates the migration gets PostgreSQL's own error ("cached plan must not change result
+//! type"), as it would without the pooler.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,6 +27,8 @@ use crate::pgwire::messages;
 pub struct Statement {
     /// The name on the server.
     pub server_name: String,
+    /// When the client parsed it (the pool's statement clock).
+    parsed_at: u64,
     /// The Parse message that creates it on a server under `server_name`.
     parse: Vec<u8>,
     /// What running it may do to the session.
@@ -30,49 +39,42 @@ pub struct Statement {
 /// first.
 #[derive(Debug, Default)]
 pub struct Cache {
-    names: HashMap<String, u64>,
+    /// Server name → (last use, when it was parsed).
+    names: HashMap<String, (u64, u64)>,
     tick: u64,
 }
 
 impl Cache {
-    fn has(&mut self, name: &str) -> bool {
+    /// When the server's copy of `name` was parsed, if it has one (and marks it used).
+    fn has(&mut self, name: &str) -> Option<u64> {
         self.tick += 1;
-        match self.names.get_mut(name) {
-            Some(t) => {
-                *t = self.tick;
-                true
-            }
-            None => false,
-        }
+        let entry = self.names.get_mut(name)?;
+        entry.0 = self.tick;
+        Some(entry.1)
     }
 
-    fn insert(&mut self, name: &str) {
+    fn insert(&mut self, name: &str, parsed_at: u64) {
         self.tick += 1;
-        self.names.insert(name.to_owned(), self.tick);
+        self.names.insert(name.to_owned(), (self.tick, parsed_at));
     }
 
-    fn remove(&mut self, name: &str) {
-        self.names.remove(name);
+    fn remove(&mut self, name: &str) -> Option<u64> {
+        self.names.remove(name).map(|e| e.1)
     }
 
     /// The least recently used name, removed, when there are `capacity` or more.
-    fn evict(&mut self, capacity: usize) -> Option<String> {
+    fn evict(&mut self, capacity: usize) -> Option<(String, u64)> {
         if self.names.len() < capacity {
             return None;
         }
-        let victim = self.names.iter().min_by_key(|(_, t)| **t)?.0.clone();
-        self.names.remove(&victim);
-        Some(victim)
+        let victim = self.names.iter().min_by_key(|(_, e)| e.0)?.0.clone();
+        let parsed_at = self.names.remove(&victim)?.1;
+        Some((victim, parsed_at))
     }
 
     /// The server forgot everything (DEALLOCATE ALL, DISCARD ALL).
     pub fn clear(&mut self) {
         self.names.clear();
-    }
-
-    /// Whether the server holds none of the pooler's statements.
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
     }
 
     #[cfg(test)]
@@ -115,12 +117,14 @@ enum Expect {
     /// A Parse, Bind or Describe passed through as sent; `true` when its answer ends with
     /// RowDescription or NoData (a Describe).
     Plain(Kind),
-    /// A Close the pooler added to evict a statement.
-    Evict(String),
+    /// A Close the pooler added to evict (or refresh) a statement, and when that copy was
+    /// parsed.
+    Evict(String, u64),
     Execute,
     Sync,
-    /// A simple query or function call: answered through ReadyForQuery.
-    Simple(Effect),
+    /// A simple query or function call: answered through ReadyForQuery. `true` when it is a
+    /// DEALLOCATE whose names `forgetting` holds until then.
+    Simple(Effect, bool),
     /// An answer the pooler makes up, due once everything before it is answered.
     Reply(Vec<u8>, Undo),
     /// CopyDone or CopyFail: not answered itself, but the Syncs after it are not ignored.
@@ -145,6 +149,11 @@ pub struct Prepared {
     capacity: usize,
     /// Parses of named statements sent to a server since last asked (for the metric).
     parses_sent: u64,
+    /// The statement clock at the batch being sent: when the Parses sent now happen.
+    now: u64,
+    /// A DEALLOCATE sent and not answered yet: what follows it in the pipeline already sees
+    /// those names gone, as on the server (`None` inside: DEALLOCATE ALL).
+    forgetting: VecDeque<Option<String>>,
 }
 
 /// The name a statement has on every server connection: its text, parameter types and the
@@ -238,6 +247,19 @@ impl Prepared {
         self.statements.get(name)
     }
 
+    /// The statement a client name stands for in the message being sent: none once a
+    /// DEALLOCATE earlier in the pipeline forgot it.
+    fn lookup(&self, name: &str) -> Option<Arc<Statement>> {
+        let gone = self
+            .forgetting
+            .iter()
+            .any(|f| f.as_deref().is_none_or(|n| n == name));
+        if gone {
+            return None;
+        }
+        self.statements.get(name).cloned()
+    }
+
     fn expect(&mut self, e: Expect, cache: &mut Cache) {
         if self.skipping {
             match e {
@@ -252,11 +274,24 @@ impl Prepared {
         self.queue.push_back(e);
     }
 
-    /// Makes sure the server connection has `stmt`, adding its Parse when it lacks it.
+    /// Makes sure the server connection has `stmt` as the client parsed it: its Parse is
+    /// added where the server lacks it, or has a copy parsed before the client's.
     fn ensure(&mut self, stmt: &Statement, cache: &mut Cache, out: &mut Vec<u8>) {
-        if !cache.has(&stmt.server_name) {
-            self.send_parse(stmt, None, cache, out);
+        match cache.has(&stmt.server_name) {
+            Some(parsed_at) if parsed_at >= stmt.parsed_at => {}
+            Some(parsed_at) => {
+                self.refresh(stmt, parsed_at, cache, out);
+                self.send_parse(stmt, None, cache, out);
+            }
+            None => self.send_parse(stmt, None, cache, out),
         }
+    }
+
+    /// Closes the server's older copy of `stmt` (the answer is the pooler's).
+    fn refresh(&mut self, stmt: &Statement, parsed_at: u64, cache: &mut Cache, out: &mut Vec<u8>) {
+        cache.remove(&stmt.server_name);
+        close_message(out, &stmt.server_name);
+        self.expect(Expect::Evict(stmt.server_name.clone(), parsed_at), cache);
     }
 
     /// Sends `stmt`'s Parse (making room in the cache first); `client_name` when the client
@@ -270,7 +305,7 @@ impl Prepared {
     ) {
         self.make_room(cache, out);
         out.extend_from_slice(&stmt.parse);
-        cache.insert(&stmt.server_name);
+        cache.insert(&stmt.server_name, self.now);
         self.parses_sent += 1;
         self.expect(
             Expect::Parse {
@@ -283,22 +318,25 @@ impl Prepared {
     }
 
     fn make_room(&mut self, cache: &mut Cache, out: &mut Vec<u8>) {
-        if let Some(victim) = cache.evict(self.capacity) {
+        if let Some((victim, parsed_at)) = cache.evict(self.capacity) {
             close_message(out, &victim);
-            self.expect(Expect::Evict(victim), cache);
+            self.expect(Expect::Evict(victim, parsed_at), cache);
         }
     }
 
     /// One client message (a whole frame): appends what to send the server to `out`.
-    /// `context` is what a Parse's text is read in (see `server_name`).
+    /// `context` is what a Parse's text is read in (see `server_name`); `now` is the pool's
+    /// statement clock.
     pub fn client(
         &mut self,
         tag: u8,
         frame: &[u8],
         context: &[u8],
+        now: u64,
         cache: &mut Cache,
         out: &mut Vec<u8>,
     ) -> Result<(), WireError> {
+        self.now = now;
         let b = body(frame);
         match tag {
             b'P' => {
@@ -309,7 +347,7 @@ impl Prepared {
                     return Ok(());
                 }
                 let (query, types) = cstr(rest)?;
-                if let Some(existing) = self.statements.get(name).cloned() {
+                if let Some(existing) = self.lookup(name) {
                     // PostgreSQL refuses a second statement of the same name: send this one
                     // under the existing statement's server name, and the server says so.
                     self.ensure(&existing, cache, out);
@@ -322,21 +360,29 @@ impl Prepared {
                 put(&mut parse, b'P', &[server_name.as_bytes(), b"\0", rest]);
                 let stmt = Arc::new(Statement {
                     server_name,
+                    parsed_at: now,
                     parse,
                     effects: state::scan(query),
                 });
                 self.statements.insert(name.to_owned(), stmt.clone());
-                if cache.has(&stmt.server_name) {
-                    let undo = Undo::Forget(name.to_owned());
-                    self.expect(Expect::Reply(empty(b'1'), undo), cache);
-                } else {
-                    self.send_parse(&stmt, Some(name.to_owned()), cache, out);
+                match cache.has(&stmt.server_name) {
+                    // Parsed on this server in this same batch: it is as new as this one.
+                    Some(parsed_at) if parsed_at >= now => {
+                        let undo = Undo::Forget(name.to_owned());
+                        self.expect(Expect::Reply(empty(b'1'), undo), cache);
+                    }
+                    // An older copy may predate a migration: parse it again.
+                    Some(parsed_at) => {
+                        self.refresh(&stmt, parsed_at, cache, out);
+                        self.send_parse(&stmt, Some(name.to_owned()), cache, out);
+                    }
+                    None => self.send_parse(&stmt, Some(name.to_owned()), cache, out),
                 }
             }
             b'B' => {
                 let (portal, rest) = cstr(b)?;
                 let (name, params) = cstr(rest)?;
-                match self.statements.get(name).cloned() {
+                match self.lookup(name) {
                     Some(stmt) if !name.is_empty() => {
                         self.ensure(&stmt, cache, out);
                         put(
@@ -359,7 +405,7 @@ impl Prepared {
             b'D' => {
                 let (&kind, rest) = b.split_first().ok_or(WireError::Malformed("Describe"))?;
                 let (name, _) = cstr(rest)?;
-                match self.statements.get(name).cloned() {
+                match self.lookup(name) {
                     Some(stmt) if kind == b'S' && !name.is_empty() => {
                         self.ensure(&stmt, cache, out);
                         put(out, b'D', &[b"S", stmt.server_name.as_bytes(), b"\0"]);
@@ -394,16 +440,19 @@ impl Prepared {
             }
             b'Q' => {
                 let (sql, _) = cstr(b)?;
+                let before = self.forgetting.len();
                 let effect = match deallocate(sql) {
                     Some(None) => {
                         out.extend_from_slice(frame);
+                        self.forgetting.push_back(None);
                         Effect::ForgetAll
                     }
-                    Some(Some(name)) => match self.statements.get(&name).cloned() {
+                    Some(Some(name)) => match self.lookup(&name) {
                         Some(stmt) => {
                             self.ensure(&stmt, cache, out);
                             let sql = format!("DEALLOCATE {}", stmt.server_name);
                             messages::query(out, &sql);
+                            self.forgetting.push_back(Some(name.clone()));
                             Effect::Forget(name, stmt.server_name.clone())
                         }
                         None => {
@@ -416,11 +465,12 @@ impl Prepared {
                         Effect::None
                     }
                 };
-                self.expect(Expect::Simple(effect), cache);
+                let forgets = self.forgetting.len() > before;
+                self.expect(Expect::Simple(effect, forgets), cache);
             }
             b'F' => {
                 out.extend_from_slice(frame);
-                self.expect(Expect::Simple(Effect::None), cache);
+                self.expect(Expect::Simple(Effect::None, false), cache);
             }
             b'c' | b'f' => {
                 out.extend_from_slice(frame);
@@ -449,12 +499,12 @@ impl Prepared {
         let pop = match (tag, front) {
             (b'1', Some(Expect::Parse { .. } | Expect::Plain(Kind::Parse))) => true,
             (b'2', Some(Expect::Plain(Kind::Bind))) => true,
-            (b'3', Some(Expect::Plain(Kind::Close) | Expect::Evict(_))) => true,
+            (b'3', Some(Expect::Plain(Kind::Close) | Expect::Evict(..))) => true,
             (b'1' | b'2' | b'3', _) => return Err(desync()),
             (b'T' | b'n', Some(Expect::Plain(Kind::Describe))) => true,
             (b'C' | b'I' | b's', Some(Expect::Execute)) => true,
-            (b'C', Some(Expect::Simple(_))) => {
-                if let Some(Expect::Simple(effect)) = self.queue.front_mut() {
+            (b'C', Some(Expect::Simple(..))) => {
+                if let Some(Expect::Simple(effect, _)) = self.queue.front_mut() {
                     match std::mem::replace(effect, Effect::None) {
                         Effect::None => {}
                         Effect::ForgetAll => {
@@ -469,7 +519,7 @@ impl Prepared {
                 }
                 false
             }
-            (b'Z', Some(Expect::Sync | Expect::Simple(_))) => true,
+            (b'Z', Some(Expect::Sync | Expect::Simple(..))) => true,
             (b'Z', _) => return Err(desync()),
             (b'G', Some(Expect::Execute)) => {
                 // COPY FROM STDIN: the server ignores the Syncs sent behind it before the
@@ -479,7 +529,7 @@ impl Prepared {
                 }
                 false
             }
-            (b'E', Some(Expect::Sync | Expect::Simple(_)) | None) => false,
+            (b'E', Some(Expect::Sync | Expect::Simple(..)) | None) => false,
             (b'E', Some(_)) => {
                 // The message failed; the server skips everything up to the next Sync.
                 while let Some(e) = self.queue.front() {
@@ -497,7 +547,10 @@ impl Prepared {
         };
         let mut forward = true;
         if pop && let Some(e) = self.queue.pop_front() {
-            forward = !matches!(e, Expect::Parse { added: true, .. } | Expect::Evict(_));
+            if matches!(e, Expect::Simple(_, true)) {
+                self.forgetting.pop_front();
+            }
+            forward = !matches!(e, Expect::Parse { added: true, .. } | Expect::Evict(..));
         }
         Ok(forward)
     }
@@ -515,12 +568,16 @@ impl Prepared {
                     self.statements.remove(&c);
                 }
             }
-            Expect::Evict(name) => cache.insert(&name),
+            Expect::Evict(name, parsed_at) => cache.insert(&name, parsed_at),
             Expect::Reply(_, Undo::Forget(name)) => {
                 self.statements.remove(&name);
             }
             Expect::Reply(_, Undo::Restore(name, stmt)) => {
                 self.statements.insert(name, stmt);
+            }
+            // A DEALLOCATE the server skips forgets nothing.
+            Expect::Simple(_, true) => {
+                self.forgetting.pop_back();
             }
             _ => {}
         }
@@ -529,6 +586,7 @@ impl Prepared {
     /// The connection went away mid-exchange: nothing more is owed.
     pub fn reset(&mut self) {
         self.queue.clear();
+        self.forgetting.clear();
         self.skipping = false;
     }
 }
@@ -568,7 +626,7 @@ mod tests {
     fn send(p: &mut Prepared, cache: &mut Cache, frames: &[Vec<u8>]) -> Vec<(u8, String)> {
         let mut out = Vec::new();
         for f in frames {
-            p.client(f[0], f, b"", cache, &mut out).unwrap();
+            p.client(f[0], f, b"", 1, cache, &mut out).unwrap();
         }
         let mut sent = Vec::new();
         let mut at = 0;
@@ -601,6 +659,79 @@ mod tests {
             seen.extend(replies.iter().step_by(5));
         }
         seen
+    }
+
+    /// As `send`, at a given tick of the statement clock.
+    fn send_at(
+        p: &mut Prepared,
+        cache: &mut Cache,
+        now: u64,
+        frames: &[Vec<u8>],
+    ) -> Vec<(u8, String)> {
+        let mut out = Vec::new();
+        for f in frames {
+            p.client(f[0], f, b"", now, cache, &mut out).unwrap();
+        }
+        let mut sent = Vec::new();
+        let mut at = 0;
+        while let Some((tag, n)) = frame(&out[at..], 1 << 20).unwrap() {
+            let name = match tag {
+                b'P' | b'C' => {
+                    let b = body(&out[at..at + n]);
+                    let b = if tag == b'C' { &b[1..] } else { b };
+                    cstr(b).unwrap().0.to_owned()
+                }
+                _ => String::new(),
+            };
+            sent.push((tag, name));
+            at += n;
+        }
+        sent
+    }
+
+    #[test]
+    fn a_copy_parsed_before_the_clients_parse_is_parsed_again() {
+        let (mut a, mut b) = (Cache::default(), Cache::default());
+        let mut first = Prepared::new(10);
+        let items = || parse("s", "SELECT * FROM items");
+        let sent = send_at(&mut first, &mut a, 1, &[items(), msg(b'S', b"")]);
+        let name = sent[0].1.clone();
+        assert_eq!(answer(&mut first, &mut a, b"1Z"), b"1Z");
+        // Its next transaction lands on `b`: a copy parsed there at tick 2.
+        send_at(&mut first, &mut b, 2, &[bind("s"), msg(b'S', b"")]);
+        assert_eq!(answer(&mut first, &mut b, b"12Z"), b"2Z");
+        // After a migration another client parses the same text on `a`: the old copy is
+        // closed and parsed again, and only the client's own ParseComplete reaches it.
+        let mut later = Prepared::new(10);
+        let sent = send_at(&mut later, &mut a, 5, &[items(), msg(b'S', b"")]);
+        assert_eq!(
+            sent,
+            vec![
+                (b'C', name.clone()),
+                (b'P', name.clone()),
+                (b'S', String::new())
+            ]
+        );
+        assert_eq!(answer(&mut later, &mut a, b"31Z"), b"1Z");
+        // The first client's statement is older than that copy: used as it is.
+        let sent = send_at(&mut first, &mut a, 6, &[bind("s"), msg(b'S', b"")]);
+        assert_eq!(sent, vec![(b'B', String::new()), (b'S', String::new())]);
+        assert_eq!(answer(&mut first, &mut a, b"2Z"), b"2Z");
+        // On `b` the copy predates the later client's Parse: refreshed before its Bind.
+        let sent = send_at(&mut later, &mut b, 8, &[bind("s"), msg(b'S', b"")]);
+        assert_eq!(
+            sent,
+            vec![
+                (b'C', name.clone()),
+                (b'P', name.clone()),
+                (b'B', String::new()),
+                (b'S', String::new())
+            ]
+        );
+        assert_eq!(answer(&mut later, &mut b, b"312Z"), b"2Z");
+        // Parsed again at 8, that copy now serves the first client (parsed at 1) too.
+        let sent = send_at(&mut first, &mut b, 9, &[bind("s"), msg(b'S', b"")]);
+        assert_eq!(sent, vec![(b'B', String::new()), (b'S', String::new())]);
     }
 
     #[test]
@@ -747,7 +878,7 @@ mod tests {
         let mut q = Vec::new();
         messages::query(&mut q, "DEALLOCATE s1");
         let mut out = Vec::new();
-        p.client(b'Q', &q, b"", &mut c, &mut out).unwrap();
+        p.client(b'Q', &q, b"", 1, &mut c, &mut out).unwrap();
         assert!(String::from_utf8_lossy(&out).contains(&format!("DEALLOCATE {server}")));
         answer(&mut p, &mut c, b"CZ");
         assert!(p.get("s1").is_none());

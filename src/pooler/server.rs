@@ -140,8 +140,6 @@ pub struct ServerConn {
     pub generation: u64,
     /// The cancel key of the client that used it last; `None` while its session is as new.
     pub last_client: Option<(i32, i32)>,
-    /// The pool's statement epoch its prepared statements belong to.
-    pub epoch: u64,
 }
 
 impl ServerConn {
@@ -215,7 +213,6 @@ async fn open(u: &Upstream, application_name: &str, wire: Wire) -> Result<Server
         idle_since: now,
         generation: 0,
         last_client: None,
-        epoch: 0,
     };
     login(&mut conn, u, application_name).await?;
     Ok(conn)

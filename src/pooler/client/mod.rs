@@ -17,11 +17,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::pool::{Lease, Pool};
+use crate::pgwire::WireError;
 use crate::pgwire::frame::{self, Startup};
 use crate::pgwire::messages;
 use crate::pgwire::sqlstate::{CONNECTION_FAILURE, PROTOCOL_VIOLATION};
 use crate::pgwire::tracker::Tracker;
-use crate::pgwire::WireError;
 use relay::Relay;
 use session::Session;
 

@@ -13,9 +13,8 @@ use tokio::net::TcpStream;
 
 use super::{ClientError, fatal, shrink};
 use crate::pgwire::messages::{self, IDLE};
-use crate::pgwire::sqlstate::{CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, PROTOCOL_VIOLATION};
+use crate::pgwire::sqlstate::{CONNECTION_FAILURE, PROTOCOL_VIOLATION};
 use crate::pgwire::tracker::Tracker;
-use crate::pooler::pool::Pool;
 use crate::pooler::prepared::{Cache, Prepared};
 
 /// A DataRow or CopyData longer than this is passed through as it arrives.
@@ -45,7 +44,6 @@ pub(super) struct Sink<'a> {
     pub statements: Option<(&'a mut Prepared, &'a mut Cache)>,
     /// The server connection's ParameterStatus values.
     pub params: &'a mut BTreeMap<String, String>,
-    pub pool: &'a Pool,
 }
 
 fn be_u32(b: &[u8]) -> u32 {
@@ -103,7 +101,9 @@ pub(super) async fn drain(
                     if let Some(message) = relay.prelude_error.take() {
                         return Err(fatal(
                             CONNECTION_FAILURE,
-                            format!("resetting the server connection for this client failed: {message}"),
+                            format!(
+                                "resetting the server connection for this client failed: {message}"
+                            ),
                         ));
                     }
                 }
@@ -136,8 +136,8 @@ pub(super) async fn drain(
             break;
         }
         let frame = &buf[end..end + total];
-        sink.tracker.server(tag, frame.get(5).copied().unwrap_or(IDLE));
-        note(&sink, tag, frame);
+        sink.tracker
+            .server(tag, frame.get(5).copied().unwrap_or(IDLE));
         let mut replies = Vec::new();
         let keep = forward(&mut sink, tag)?;
         if let Some((p, _)) = sink.statements.as_mut() {
@@ -172,25 +172,5 @@ fn forward(sink: &mut Sink<'_>, tag: u8) -> Result<bool, ClientError> {
             .server(tag, cache)
             .map_err(|e| fatal(PROTOCOL_VIOLATION, e.to_string())),
         None => Ok(true),
-    }
-}
-
-/// What a complete message tells the pool: DDL (CommandComplete of CREATE, ALTER or DROP)
-/// or a statement whose result type changed (0A000) means statements prepared before may
-/// answer wrongly, so every server connection forgets its prepared statements.
-fn note(sink: &Sink<'_>, tag: u8, frame: &[u8]) {
-    let body = &frame[5..];
-    let stale = match tag {
-        b'C' => [&b"ALTER "[..], b"DROP ", b"CREATE "]
-            .iter()
-            .any(|p| body.starts_with(p)),
-        b'E' => {
-            let (code, message) = messages::parse_error(body);
-            code == FEATURE_NOT_SUPPORTED && message.contains("cached plan must not change")
-        }
-        _ => false,
-    };
-    if stale {
-        sink.pool.statements_changed();
     }
 }

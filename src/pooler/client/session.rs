@@ -11,13 +11,13 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::relay::{self, Relay, Sink};
-use super::transaction::{prelude_sql, Prelude};
+use super::transaction::{Prelude, prelude_sql};
 use super::{Bound, ClientError, State, fatal, shrink};
+use crate::pgwire::WireError;
 use crate::pgwire::frame::{self, body};
 use crate::pgwire::messages;
 use crate::pgwire::sqlstate::{ADMIN_SHUTDOWN, CONNECTION_FAILURE, TOO_MANY_CONNECTIONS};
 use crate::pgwire::tracker::Tracker;
-use crate::pgwire::WireError;
 use crate::pooler::config::Mode;
 use crate::pooler::pool::{Pool, PoolError};
 use crate::pooler::prepared::Prepared;
@@ -174,6 +174,7 @@ impl Session {
             State::Bound(_) => None,
         };
         let context = self.statement_context();
+        let now = self.pool.statement_tick();
         let State::Bound(b) = &mut self.state else {
             return Ok(terminate);
         };
@@ -205,6 +206,7 @@ impl Session {
                                 tag,
                                 &self.buf[at..at + n],
                                 &context,
+                                now,
                                 &mut conn.statements,
                                 &mut out,
                             )?;
@@ -239,7 +241,6 @@ impl Session {
                             tracker,
                             statements: self.prepared.as_mut().map(|p| (p, &mut conn.statements)),
                             params: &mut conn.params,
-                            pool: &self.pool,
                         };
                         relay::drain(&mut conn.buf, relay, sink, self.limit, &mut self.socket).await?;
                     }
@@ -320,9 +321,8 @@ impl Session {
                 format!("cannot connect to the server: {s}"),
             ),
         })?;
-        let epoch = self.pool.statement_epoch();
         let conn = lease.conn();
-        let Prelude { sql, reset } = prelude_sql(conn, self.key, &self.settings, epoch);
+        let Prelude { sql, reset } = prelude_sql(conn, self.key, &self.settings);
         if reset {
             self.pool.metrics.resets.inc();
         }
@@ -360,7 +360,6 @@ impl Session {
             tracker,
             statements: self.prepared.as_mut().map(|p| (p, &mut conn.statements)),
             params: &mut conn.params,
-            pool: &self.pool,
         };
         relay::drain(&mut conn.buf, relay, sink, self.limit, &mut self.socket).await?;
         let done = tracker.idle()

@@ -92,7 +92,8 @@ pub(super) async fn startup(
     let creds = pool.credentials();
     let want = &creds.upstream;
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let user = get("user").ok_or_else(|| fatal(INVALID_AUTHORIZATION, "no user in the startup message"))?;
+    let user = get("user")
+        .ok_or_else(|| fatal(INVALID_AUTHORIZATION, "no user in the startup message"))?;
     let database = get("database").unwrap_or(user);
     if user != want.user {
         return Err(fatal(
@@ -110,7 +111,10 @@ pub(super) async fn startup(
         ));
     }
     if get("replication").is_some_and(|r| r != "false" && r != "0") {
-        return Err(fatal(PROTOCOL_VIOLATION, "replication connections are not pooled"));
+        return Err(fatal(
+            PROTOCOL_VIOLATION,
+            "replication connections are not pooled",
+        ));
     }
     authenticate(socket, buf, pool, user).await?;
 
@@ -125,10 +129,12 @@ pub(super) async fn startup(
     // The first client before any server login: learn the server's parameters now, so the
     // client is told server_version, standard_conforming_strings and the rest.
     if pool.server_params().is_empty() {
-        let lease = pool
-            .checkout()
-            .await
-            .map_err(|e| fatal(CANNOT_CONNECT_NOW, format!("cannot reach the server yet: {e}")))?;
+        let lease = pool.checkout().await.map_err(|e| {
+            fatal(
+                CANNOT_CONNECT_NOW,
+                format!("cannot reach the server yet: {e}"),
+            )
+        })?;
         lease.release();
     }
     let mut out = Vec::with_capacity(512);
@@ -211,7 +217,9 @@ async fn authenticate(
             let nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
             let (exchange, first) =
                 scram::server_first(verifier, data, &nonce).map_err(|e| match e {
-                    scram::ScramError::ChannelBinding => fatal(INVALID_AUTHORIZATION, e.to_string()),
+                    scram::ScramError::ChannelBinding => {
+                        fatal(INVALID_AUTHORIZATION, e.to_string())
+                    }
                     _ => failed(),
                 })?;
             out.clear();

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use tokio::io::AsyncWriteExt;
 
-use super::session::Session;
 use super::State;
+use super::session::Session;
 use crate::pgwire::frame::body;
 use crate::pgwire::messages;
 use crate::pooler::config::Mode;
@@ -43,7 +43,6 @@ pub(super) fn prelude_sql(
     conn: &mut ServerConn,
     key: (i32, i32),
     settings: &BTreeMap<String, String>,
-    epoch: u64,
 ) -> Prelude {
     let mut sql = String::new();
     // A fresh connection, or one reset with DISCARD ALL, has no last client.
@@ -53,14 +52,6 @@ pub(super) fn prelude_sql(
         conn.applied.clear();
     }
     conn.last_client = Some(key);
-    if conn.epoch != epoch {
-        // DDL ran since these were prepared: their result types may have changed.
-        if !conn.statements.is_empty() {
-            sql.push_str("DEALLOCATE ALL; ");
-            conn.statements.clear();
-        }
-        conn.epoch = epoch;
-    }
     if let Some(s) = settings_sql(settings, &conn.applied) {
         sql.push_str(&s);
         conn.applied = settings.clone();
