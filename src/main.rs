@@ -252,8 +252,10 @@ struct PoolerArgs {
     /// application_name of the server connections (default dbconn:<namespace>/<pod>).
     #[arg(long, env = "DBCONN_APPLICATION_NAME")]
     application_name: Option<String>,
-    /// The largest message a client may send.
-    #[arg(long, env = "DBCONN_MAX_MESSAGE_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
+    /// The largest message (bytes) the pooler holds whole: anything a client sends, and what the
+    /// server sends but DataRow and CopyData, which pass through as they arrive. Keep it under a
+    /// quarter of the sidecar's memory limit (the chart: 64 Mi).
+    #[arg(long, env = "DBCONN_MAX_MESSAGE_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
     max_message_bytes: u64,
     /// Named prepared statements kept per server connection in transaction mode (the least
     /// recently used is closed first); 0 passes statement names through untouched.
@@ -352,7 +354,7 @@ fn pooler_config(
         connect_timeout: secs(a.connect_timeout_seconds),
         shutdown_grace: secs(a.shutdown_grace_seconds),
         application_name,
-        max_message_bytes: usize::try_from(a.max_message_bytes).unwrap_or(64 << 20),
+        max_message_bytes: usize::try_from(a.max_message_bytes).unwrap_or(16 << 20),
         max_prepared_statements: a.max_prepared_statements as usize,
         secret_dir: a.secret_dir,
     };

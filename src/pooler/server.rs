@@ -243,7 +243,8 @@ async fn negotiate(u: &Upstream, mut tcp: TcpStream, wire: Wire) -> Result<Strea
 }
 
 /// Asks the server to cancel what backend `target` (pid, secret key) is running, over the
-/// same TLS settings as the pool's connections.
+/// same TLS settings as the pool's connections, and returns once the server has acted on it
+/// (it closes the connection after signalling the backend).
 pub async fn cancel(
     u: &Upstream,
     target: (i32, i32),
@@ -265,7 +266,11 @@ pub async fn cancel(
         let mut packet = Vec::with_capacity(16);
         messages::cancel_request(&mut packet, target.0, target.1);
         stream.write_all(&packet).await?;
-        let _ = stream.shutdown().await;
+        stream.flush().await?;
+        // The server closes the connection once it has signalled the backend: only then is
+        // the cancel done (and the backend's connection safe to give to another client).
+        let mut rest = [0u8; 256];
+        while !matches!(stream.read(&mut rest).await, Ok(0) | Err(_)) {}
         Ok(())
     };
     tokio::time::timeout(timeout, attempt)

@@ -16,7 +16,9 @@ use super::{Bound, ClientError, State, fatal, shrink};
 use crate::pgwire::WireError;
 use crate::pgwire::frame::{self, body};
 use crate::pgwire::messages;
-use crate::pgwire::sqlstate::{ADMIN_SHUTDOWN, CONNECTION_FAILURE, TOO_MANY_CONNECTIONS};
+use crate::pgwire::sqlstate::{
+    ADMIN_SHUTDOWN, CONNECTION_FAILURE, PROTOCOL_VIOLATION, TOO_MANY_CONNECTIONS,
+};
 use crate::pgwire::tracker::Tracker;
 use crate::pooler::config::Mode;
 use crate::pooler::pool::{Pool, PoolError};
@@ -97,7 +99,7 @@ impl Session {
 
     async fn serve(&mut self) -> Result<(), ClientError> {
         // Messages pipelined behind the startup packet are already here.
-        if !self.buf.is_empty() && self.forward_client().await? {
+        if !self.buf.is_empty() && self.forward_or_refuse().await? {
             return Ok(());
         }
         loop {
@@ -111,7 +113,7 @@ impl Session {
                     if read? == 0 {
                         return Err(ClientError::Gone);
                     }
-                    if self.forward_client().await? {
+                    if self.forward_or_refuse().await? {
                         return Ok(());
                     }
                 }
@@ -137,6 +139,34 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// As `forward_client`; for a message over the limit, the error goes out at once and the
+    /// rest of the message is read and dropped (for a while) before the session ends, so a
+    /// client still writing it reads the error instead of a reset.
+    async fn forward_or_refuse(&mut self) -> Result<bool, ClientError> {
+        let result = self.forward_client().await;
+        let Err(ClientError::Wire(e @ WireError::TooLong { len, .. })) = &result else {
+            return result;
+        };
+        let mut out = Vec::new();
+        messages::error_response(&mut out, "FATAL", PROTOCOL_VIOLATION, &e.to_string());
+        self.socket.write_all(&out).await?;
+        self.pool.metrics.error("protocol");
+        tracing::info!(error = %e, "client sent a message over the limit");
+        let mut left = (len + 1).saturating_sub(self.buf.len());
+        self.buf.clear();
+        let mut scratch = vec![0u8; 64 * 1024];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while left > 0 {
+                match self.socket.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+        Err(ClientError::Gone)
     }
 
     /// Forwards the complete client messages in the buffer; true when the client said goodbye.
