@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BED_DIR ?= /tmp/dbconn-bed
 
-.PHONY: help setup demo test lint generate bed-up bed-down build clean-bed bench-operator bench-pooler bench chart-check
+.PHONY: help setup demo test lint generate bed-up bed-down build clean-bed bench-operator bench-pooler bench chart-check fuzz
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -35,6 +35,17 @@ bench-pooler: setup ## dbconn pooler vs PgBouncer vs direct PostgreSQL (pgbench)
 
 bench-operator: setup ## 1,000 DatabaseConnections on a fresh bed: time to Ready, reconciles/s, peak RSS, restart
 	$(CARGO) bench --locked --bench operator
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := frontend backend startup scram prepared tracker auth_watch
+fuzz: ## run each cargo-fuzz target for FUZZ_SECONDS (default 60) on the nightly toolchain; not in CI
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	@mkdir -p $${DBCONN_CACHE:-$$HOME/.cache/dbconn}/fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  corpus=$${DBCONN_CACHE:-$$HOME/.cache/dbconn}/fuzz/corpus/$$t; mkdir -p $$corpus; \
+	  echo "[fuzz] $$t for $(FUZZ_SECONDS) s (new inputs in $$corpus; seeds in fuzz/corpus/$$t)"; \
+	  (cd fuzz && cargo +nightly fuzz run $$t $$corpus corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096) || exit 1; \
+	done
 
 build: ## release build of the dbconn binary
 	$(CARGO) build --release --locked --bin dbconn

@@ -47,9 +47,12 @@ start_dbconn() {
   RUST_LOG=warn "$dbconn" pooler --secret-dir "$dir" --listen "127.0.0.1:$p" --http-addr "127.0.0.1:$h" \
     --pool-size "$POOL_SIZE" --min-idle "$POOL_SIZE" --max-clients 1000 >"$work/dbconn-$1.log" 2>&1 &
   pids+=($!)
-  PID=$!; PORT=$p
+  PID=$!; PORT=$p; HTTP=$h
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$h/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 }
+
+# A counter of the dbconn pooler on HTTP port $1.
+counter() { curl -fs "http://127.0.0.1:$1/metrics" | awk -v n="dbconn_pooler_$2" '$1 == n { print $2 }'; }
 
 # $1 = plain|tls; sets PORT and PID of a new PgBouncer.
 start_pgbouncer() {
@@ -114,10 +117,10 @@ run() {
   echo "${tps:-0} ${lat:-0} $cpu"
 }
 
-printf '\n%-7s %-22s %12s %10s %10s %12s %10s %10s %10s %10s\n' upstream workload direct_tps pgb_tps dbconn_tps dbconn/pgb dbconn/dir pgb_cpu_us dbc_cpu_us dbc_lat_ms
-printf '%s\n' "$(printf -- '-%.0s' {1..124})"
+printf '\n%-7s %-22s %12s %10s %10s %12s %10s %10s %10s %10s %10s\n' upstream workload direct_tps pgb_tps dbconn_tps dbconn/pgb dbconn/dir pgb_cpu_us dbc_cpu_us dbc_lat_ms resets/tx
+printf '%s\n' "$(printf -- '-%.0s' {1..135})"
 for upstream in plain tls; do
-  start_dbconn "$upstream"; dport=$PORT; dpid=$PID
+  start_dbconn "$upstream"; dport=$PORT; dpid=$PID; dhttp=$HTTP
   start_pgbouncer "$upstream"; bport=$PORT; bpid=$PID
   direct_mode=disable; [ "$upstream" = tls ] && direct_mode=verify-full
   for row in "simple 10" "simple 100" "extended 10" "extended 100" "prepared 10" "prepared 100" "connect 10"; do
@@ -125,12 +128,15 @@ for upstream in plain tls; do
     if [ "$1" = connect ]; then args=(-C -c "$2" -M simple); label="-C -c $2"; else args=(-M "$1" -c "$2"); label="-M $1 -c $2"; fi
     read -r dtps _ _ < <(run "$port" "$direct_mode" - "${args[@]}")
     read -r btps _ bcpu < <(run "$bport" disable "$bpid" "${args[@]}")
+    resets0=$(counter "$dhttp" server_resets_total); tx0=$(counter "$dhttp" transactions_total)
     read -r ctps clat ccpu < <(run "$dport" disable "$dpid" "${args[@]}")
+    resets1=$(counter "$dhttp" server_resets_total); tx1=$(counter "$dhttp" transactions_total)
+    per_tx=$(awk -v r="$((${resets1%.*} - ${resets0%.*}))" -v t="$((${tx1%.*} - ${tx0%.*}))" 'BEGIN { if (t > 0) printf "%.2f", r / t; else print "-" }')
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2fx", a / b; else print "-" }'; }
     # A pooler that cannot run the workload (PgBouncer before 1.21 with -M prepared) shows "fails".
     num() { if [[ $1 =~ ^[0-9.]+$ ]]; then printf '%.0f' "$1"; else echo fails; fi; }
-    printf '%-7s %-22s %12s %10s %10s %12s %10s %10s %10s %10s\n' "$upstream" "$label" "$(num "$dtps")" "$(num "$btps")" "$(num "$ctps")" \
-      "$(ratio "$ctps" "$btps")" "$(ratio "$ctps" "$dtps")" "$bcpu" "$ccpu" "$clat"
+    printf '%-7s %-22s %12s %10s %10s %12s %10s %10s %10s %10s %10s\n' "$upstream" "$label" "$(num "$dtps")" "$(num "$btps")" "$(num "$ctps")" \
+      "$(ratio "$ctps" "$btps")" "$(ratio "$ctps" "$dtps")" "$bcpu" "$ccpu" "$clat" "$per_tx"
   done
 done
 

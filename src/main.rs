@@ -261,6 +261,12 @@ struct PoolerArgs {
     /// recently used is closed first); 0 passes statement names through untouched.
     #[arg(long, env = "DBCONN_MAX_PREPARED_STATEMENTS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     max_prepared_statements: u32,
+    /// When a server connection is reset (RESET ALL, role, cursors, LISTEN, advisory locks,
+    /// temporary tables) before another client's transaction: auto (after anything but plain
+    /// queries) or always (also after plain queries, for functions called by views or
+    /// row-level-security policies that change settings).
+    #[arg(long, env = "DBCONN_SERVER_RESET", default_value = "auto", value_parser = ["auto", "always"])]
+    server_reset: String,
     /// Log as JSON lines.
     #[arg(long, env = "DBCONN_LOG_JSON")]
     log_json: bool,
@@ -356,6 +362,11 @@ fn pooler_config(
         application_name,
         max_message_bytes: usize::try_from(a.max_message_bytes).unwrap_or(16 << 20),
         max_prepared_statements: a.max_prepared_statements as usize,
+        server_reset: if a.server_reset == "always" {
+            dbconn::pooler::config::ServerReset::Always
+        } else {
+            dbconn::pooler::config::ServerReset::Auto
+        },
         secret_dir: a.secret_dir,
     };
     Ok((settings, upstream, overrides))

@@ -215,6 +215,15 @@ async fn malformed_and_oversized_messages_close_only_that_client() {
     msg.extend([b'Z', 0, 0, 0, 5, b'I']);
     let out = raw(pooler.port, &msg);
     assert!(String::from_utf8_lossy(&out).contains("unexpected message type"));
+    // A second StartupMessage after the first (a length where a tag belongs).
+    let mut msg = startup(&a.user, &a.db);
+    msg.extend(startup(&a.user, &a.db));
+    let out = raw(pooler.port, &msg);
+    assert!(
+        String::from_utf8_lossy(&out).contains("unexpected message type"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     // Nothing else was disturbed.
     assert_eq!(value(&bystander, "SELECT 1").await.expect("bystander"), "1");
     assert!(!pooler.log_text().contains("panicked"));

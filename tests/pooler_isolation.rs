@@ -105,6 +105,60 @@ async fn state_set_inside_functions_procedures_and_do_blocks_never_reaches_the_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_queries_cost_no_reset_and_always_resets_after_them_too() {
+    let a = app("resetmode");
+    let auto = Pooler::start(&a, bed().postgres.port, &["--pool-size", "1"]);
+    let always = Pooler::start(
+        &a,
+        bed().postgres.port,
+        &["--pool-size", "1", "--server-reset", "always"],
+    );
+    auto.wait_ready();
+    always.wait_ready();
+    // A view that sets something: its SELECT reads as a plain query.
+    let setup = auto.client(&a).await.expect("client");
+    setup
+        .batch_execute("CREATE VIEW sets AS SELECT set_config('app.viewed', 'yes', false) AS s")
+        .await
+        .expect("view");
+    drop(setup);
+    // Plain queries alternating between two clients: no reset at all.
+    let (x, y) = (
+        auto.client(&a).await.expect("client"),
+        auto.client(&a).await.expect("client"),
+    );
+    // (The view's CREATE left the connection to be reset once.)
+    value(&x, "SELECT 1").await.expect("query");
+    let before = metric(&auto, "server_resets_total");
+    for _ in 0..10 {
+        value(&y, "SELECT count(*) FROM pg_class WHERE relname = 'sets'")
+            .await
+            .expect("query");
+        value(&x, "SELECT 1").await.expect("query");
+    }
+    assert_eq!(metric(&auto, "server_resets_total"), before);
+    assert!(metric(&auto, "transactions_total") >= 21.0);
+    // With always, the next client never sees what the view set.
+    let (x, y) = (
+        always.client(&a).await.expect("client"),
+        always.client(&a).await.expect("client"),
+    );
+    value(&x, "SELECT s FROM sets")
+        .await
+        .expect("through the view");
+    assert_eq!(
+        value(
+            &y,
+            "SELECT coalesce(current_setting('app.viewed', true), '')"
+        )
+        .await
+        .expect("setting"),
+        ""
+    );
+    assert!(metric(&always, "server_resets_total") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_prepared_after_a_migration_see_the_new_columns() {
     let a = app("migrate");
     let p = Pooler::start(&a, bed().postgres.port, &["--pool-size", "2"]);
@@ -207,6 +261,7 @@ async fn a_100_mb_value_and_a_1_gb_copy_pass_within_the_sidecars_memory_limit() 
         .await
         .expect("100 MB value");
     assert_eq!(row.get::<_, String>(0).len(), 100_000_000);
+    eprintln!("large: 100 MB value read");
     // COPY out: 1 GB in 1 KB rows, read as it comes.
     let out = c
         .copy_out("COPY (SELECT repeat('y', 999) FROM generate_series(1, 1000000)) TO STDOUT")
@@ -218,6 +273,7 @@ async fn a_100_mb_value_and_a_1_gb_copy_pass_within_the_sidecars_memory_limit() 
         bytes += chunk.expect("copy data").len();
     }
     assert_eq!(bytes, 1_000_000_000);
+    eprintln!("large: 1 GB copied out");
     // COPY in: 256 MB in 64 KB messages.
     c.batch_execute("CREATE TABLE sink (s text)")
         .await
@@ -230,6 +286,7 @@ async fn a_100_mb_value_and_a_1_gb_copy_pass_within_the_sidecars_memory_limit() 
             .await
             .expect("copy data");
     }
+    eprintln!("large: 256 MB sent");
     let rows = sink.finish().await.expect("copy done");
     assert_eq!(rows, 4096);
     let (peak, now) = memory_kib(pid);

@@ -214,6 +214,15 @@ mod tests {
         assert_eq!(frame(&q[..10], 100).unwrap(), None);
         assert_eq!(frame(q, 100).unwrap(), Some((b'Q', 14)));
         assert_eq!(body(q), b"SELECT 1\x00");
+        // A 2^31 length is negative as an int32: refused, not wrapped.
+        assert_eq!(
+            frame(&[b'Q', 0x80, 0, 0, 0], 1 << 20),
+            Err(WireError::BadLength(i32::MIN))
+        );
+        assert!(matches!(
+            frame(&[b'Q', 0xff, 0xff, 0xff, 0xff], usize::MAX),
+            Err(WireError::BadLength(-1))
+        ));
         // Only the header of a 1 GiB message: refused at once.
         let big = [b'Q', 0x40, 0, 0, 0];
         assert!(matches!(

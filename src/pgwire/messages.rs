@@ -216,6 +216,19 @@ pub fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, WireError> {
 }
 
 /// An ErrorResponse's SQLSTATE and message.
+/// Whether a client may send a message with this tag after its startup (PostgreSQL docs,
+/// "Message Formats": the frontend messages): Bind, Close, CopyData, CopyDone, CopyFail,
+/// Describe, Execute, Flush, FunctionCall, Parse, Query, Sync, Terminate. Anything else (a
+/// second StartupMessage, a server's message, a password message) breaks the protocol.
+pub fn frontend_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'B' | b'C' | b'd' | b'c' | b'f' | b'D' | b'E' | b'H' | b'F' | b'P' | b'Q' | b'S' | b'X'
+    )
+}
+
+/// The SQLSTATE and message of an ErrorResponse or NoticeResponse body; empty strings for
+/// fields it lacks (a server may omit them).
 pub fn parse_error(body: &[u8]) -> (String, String) {
     let (mut code, mut text) = (String::new(), String::new());
     let mut rest = body;
@@ -238,6 +251,32 @@ pub fn parse_error(body: &[u8]) -> (String, String) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_error_without_sqlstate_or_terminator_parses_to_empty_fields() {
+        assert_eq!(
+            parse_error(b"Mno code here\0\0"),
+            (String::new(), "no code here".into())
+        );
+        assert_eq!(parse_error(b""), (String::new(), String::new()));
+        assert_eq!(parse_error(b"C08P01"), (String::new(), String::new()));
+        assert_eq!(
+            parse_error(b"SFATAL\0C28000\0"),
+            ("28000".into(), String::new())
+        );
+    }
+
+    #[test]
+    fn only_frontend_messages_pass_after_startup() {
+        for tag in *b"BCdcfDEHFPQSX" {
+            assert!(frontend_tag(tag), "{}", tag as char);
+        }
+        // A second StartupMessage starts with a length, not a tag; p, R, Z, T, K are not the
+        // client's to send.
+        for tag in [0u8, 3, b'p', b'R', b'Z', b'T', b'K', b'N', b'A'] {
+            assert!(!frontend_tag(tag), "{tag}");
+        }
+    }
     use super::*;
     use crate::pgwire::frame::{body, frame};
 

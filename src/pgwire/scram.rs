@@ -81,6 +81,9 @@ fn text(b: &[u8]) -> Result<&str, ScramError> {
     std::str::from_utf8(b).map_err(|_| ScramError::Malformed("not UTF-8"))
 }
 
+/// The longest client nonce accepted, in characters.
+pub const MAX_NONCE: usize = 256;
+
 /// The client's first message → the server's first message. `server_nonce` must be
 /// printable ASCII without commas (base64 of random bytes).
 pub fn server_first(
@@ -108,6 +111,17 @@ pub fn server_first(
         .find_map(|a| a.strip_prefix("r="))
         .filter(|n| !n.is_empty())
         .ok_or(ScramError::Malformed("no client nonce"))?;
+    // Clients send 18 to 32 characters; an over-long nonce (PgBouncer CVE-2021-3935's kind)
+    // is refused rather than echoed back.
+    if client_nonce.len() > MAX_NONCE {
+        return Err(ScramError::Malformed("client nonce too long"));
+    }
+    if !client_nonce
+        .bytes()
+        .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+    {
+        return Err(ScramError::Malformed("client nonce is not printable ASCII"));
+    }
     let nonce = format!("{client_nonce}{server_nonce}");
     let server_first = format!(
         "r={nonce},s={},i={}",
@@ -211,6 +225,40 @@ mod tests {
     #[test]
     fn a_wrong_password_is_refused() {
         assert_eq!(login("right", "wrong"), Err(ScramError::Proof));
+    }
+
+    #[test]
+    fn malformed_and_oversized_client_messages_are_refused_without_panicking() {
+        let v = Verifier::from_password("pw").unwrap();
+        let long = format!("n,,n=,r={}", "A".repeat(MAX_NONCE + 1));
+        assert!(
+            server_first(&v, long.as_bytes(), "srv").is_err(),
+            "over-long nonce"
+        );
+        for first in [
+            &b""[..],
+            b"n",
+            b"n,",
+            b"n,,",
+            b"n,,n=,r=",
+            b"x,,n=,r=abc",
+            b"n,a=admin,n=,r=abc",
+            b"n,,n=,r=a\x01b",
+            b"\xff\xfe",
+        ] {
+            assert!(server_first(&v, first, "srv").is_err(), "{first:?}");
+        }
+        let (exchange, _) = server_first(&v, b"n,,n=,r=abc", "srv").unwrap();
+        for last in [
+            &b""[..],
+            b"c=biws",
+            b"c=biws,r=abcsrv",
+            b"c=biws,r=wrong,p=AAAA",
+            b"c=biws,r=abcsrv,p=!!!not base64",
+            b"c=biws,r=abcsrv,p=AAAA",
+        ] {
+            assert!(server_final(&v, &exchange, last).is_err(), "{last:?}");
+        }
     }
 
     #[test]

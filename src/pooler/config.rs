@@ -20,6 +20,18 @@ pub enum Mode {
     Session,
 }
 
+/// When a server connection is reset (RESET ALL and the rest) before another client's
+/// transaction in transaction mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerReset {
+    /// When a transaction on it ran anything but plain queries (a function call, DML, CALL,
+    /// DO, SET…): select-only work pays nothing.
+    Auto,
+    /// On every change of client, also after plain queries: for functions that a view or a
+    /// row-level-security policy calls and that change settings.
+    Always,
+}
+
 /// How clients prove who they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -60,6 +72,8 @@ pub struct Settings {
     /// Named statements kept prepared per server connection in transaction mode; 0 passes
     /// statement names through untouched.
     pub max_prepared_statements: usize,
+    /// When a server connection is reset before another client's transaction.
+    pub server_reset: ServerReset,
     /// The mounted Secret, watched for changes.
     pub secret_dir: Option<PathBuf>,
 }

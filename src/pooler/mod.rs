@@ -8,9 +8,9 @@ mod client;
 pub mod config;
 mod metrics;
 mod pool;
-mod prepared;
+pub mod prepared;
 mod server;
-mod state;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;

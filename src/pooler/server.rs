@@ -140,6 +140,9 @@ pub struct ServerConn {
     pub generation: u64,
     /// The cancel key of the client that used it last; `None` while its session is as new.
     pub last_client: Option<(i32, i32)>,
+    /// A transaction on it may have changed session state unseen (see `state::plain`): it
+    /// is reset before another client gets it.
+    pub dirty: bool,
 }
 
 impl ServerConn {
@@ -213,6 +216,7 @@ async fn open(u: &Upstream, application_name: &str, wire: Wire) -> Result<Server
         idle_since: now,
         generation: 0,
         last_client: None,
+        dirty: false,
     };
     login(&mut conn, u, application_name).await?;
     Ok(conn)

@@ -1,8 +1,11 @@
 //! Session state a client leaves on a server connection in transaction mode: the settings its
-//! SET and RESET statements change, and the things that tie the connection to it (a session
-//! advisory lock, LISTEN, a temporary table, a WITH HOLD cursor, an SQL-level PREPARE). A
-//! keyword scan of the SQL says when to look; one query on the server at the end of that
-//! transaction says what is really there. Pure.
+//! SET and RESET statements change, the things that tie the connection to it (a session
+//! advisory lock, LISTEN, a temporary table, a WITH HOLD cursor, an SQL-level PREPARE), and
+//! whether it may have changed anything else (a function, procedure or DO block can change
+//! any setting, take a lock or create a temporary table where no scan sees it). A keyword
+//! scan of the SQL says when to look; one query on the server at the end of that transaction
+//! says what is really there; a connection that may hold more is reset before another client
+//! gets it. Pure.
 
 use crate::postgres::quote::literal;
 
@@ -15,6 +18,9 @@ pub struct Scan {
     pub reset_all: bool,
     /// Words that may leave something that pins the connection.
     pub may_pin: bool,
+    /// A statement that may have changed session state in a way the scan cannot see: anything
+    /// but a plain query (see `plain`).
+    pub dirty: bool,
 }
 
 impl Scan {
@@ -26,6 +32,7 @@ impl Scan {
         }
         self.reset_all |= other.reset_all;
         self.may_pin |= other.may_pin;
+        self.dirty |= other.dirty;
     }
 }
 
@@ -190,6 +197,7 @@ fn setting(w: &[String]) -> Vec<String> {
 pub fn scan(sql: &str) -> Scan {
     let mut s = Scan {
         may_pin: PIN_WORDS.iter().any(|w| contains_ci(sql, w)),
+        dirty: !plain(sql),
         ..Scan::default()
     };
     // Most statements are not SET/RESET/DISCARD: skip the split unless one could be.
@@ -213,6 +221,149 @@ pub fn scan(sql: &str) -> Scan {
         }
     }
     s
+}
+
+/// Words that start a statement which changes no session state by itself: reads, and
+/// transaction control.
+const PLAIN_HEADS: [&str; 14] = [
+    "select",
+    "with",
+    "values",
+    "table",
+    "show",
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "savepoint",
+    "release",
+    "prepare",
+];
+
+/// Words before `(` that call no function a client could write: SQL's own constructs, the
+/// aggregates and functions of pg_catalog that change nothing, and type modifiers. Anything
+/// else followed by `(` may be a function that sets a setting or takes a lock.
+const PLAIN_CALLS: [&str; 48] = [
+    "all",
+    "and",
+    "any",
+    "array",
+    "as",
+    "avg",
+    "between",
+    "by",
+    "cast",
+    "char",
+    "character",
+    "coalesce",
+    "count",
+    "decimal",
+    "exists",
+    "extract",
+    "filter",
+    "from",
+    "greatest",
+    "in",
+    "interval",
+    "is",
+    "join",
+    "least",
+    "length",
+    "lower",
+    "max",
+    "min",
+    "not",
+    "now",
+    "nullif",
+    "numeric",
+    "on",
+    "or",
+    "over",
+    "position",
+    "row",
+    "select",
+    "some",
+    "substring",
+    "sum",
+    "then",
+    "trim",
+    "upper",
+    "using",
+    "values",
+    "varchar",
+    "where",
+];
+
+/// Whether SQL only reads or controls its transaction, calling no function outside
+/// PLAIN_CALLS (PREPARE TRANSACTION aside, which its own word pins). Everything else (DML,
+/// which may fire triggers; CALL; DO; SET; DDL; any other function call) may change session
+/// state unseen. Functions a view or a row-level-security policy calls are not seen.
+pub fn plain(sql: &str) -> bool {
+    // The common case without splitting: one statement, no call, no INTO.
+    let single = !sql.contains(['(', ';', '$', '\'', '"', '-', '/']);
+    if single && !contains_ci(sql, " into ") {
+        let first = sql.trim_start().split(|c: char| c.is_whitespace()).next();
+        if let Some(w) = first {
+            let w = w.to_ascii_lowercase();
+            return PLAIN_HEADS.contains(&w.as_str()) && w != "prepare";
+        }
+    }
+    statements(sql).iter().all(|stmt| {
+        let head = words(stmt, 2);
+        let first = head.first().map(String::as_str).unwrap_or("");
+        // PREPARE TRANSACTION is transaction control; PREPARE name AS … is session state.
+        let plain_head = PLAIN_HEADS.contains(&first)
+            && !(first == "prepare" && head.get(1).is_none_or(|w| w != "transaction"));
+        plain_head && !calls_function(stmt) && !contains_ci(stmt, " into ")
+    })
+}
+
+/// Whether a statement (quotes kept, comments gone) has `word(` outside quotes for a word
+/// not in PLAIN_CALLS.
+fn calls_function(stmt: &str) -> bool {
+    let b = stmt.as_bytes();
+    let mut i = 0;
+    let mut word_start: Option<usize> = None;
+    let mut last_word: Option<(usize, usize)> = None;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\'' || c == b'"' {
+            // A quoted identifier before `(` is a function name too.
+            let end = b[i + 1..]
+                .iter()
+                .position(|x| *x == c)
+                .map_or(b.len(), |p| i + 1 + p + 1);
+            last_word = (c == b'"').then_some((i, end));
+            word_start = None;
+            i = end;
+            continue;
+        }
+        let ident = c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c >= 0x80;
+        if ident {
+            word_start.get_or_insert(i);
+        } else {
+            if let Some(s) = word_start.take() {
+                last_word = Some((s, i));
+            }
+            if c == b'('
+                && let Some((s, e)) = last_word
+            {
+                let name = stmt[s..e].trim_matches('"').to_ascii_lowercase();
+                let name = name.rsplit('.').next().unwrap_or("");
+                let numeric = name.bytes().all(|d| d.is_ascii_digit() || d == b'.');
+                if !numeric && !PLAIN_CALLS.contains(&name) {
+                    return true;
+                }
+            }
+            if !c.is_ascii_whitespace() {
+                last_word = None;
+            }
+        }
+        i += 1;
+    }
+    false
 }
 
 fn contains_ci(hay: &str, needle: &str) -> bool {
@@ -266,7 +417,8 @@ mod tests {
     #[test]
     fn updates_with_set_clauses_are_not_settings() {
         let s = scan("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1");
-        assert_eq!(s, Scan::default());
+        assert!(s.settings.is_empty() && !s.reset_all && !s.may_pin);
+        assert!(s.dirty, "an UPDATE may fire a trigger that sets something");
     }
 
     #[test]
@@ -281,6 +433,42 @@ mod tests {
             assert!(scan(sql).may_pin, "{sql}");
         }
         assert!(!scan("SELECT abalance FROM pgbench_accounts WHERE aid = $1").may_pin);
+    }
+
+    #[test]
+    fn only_plain_queries_are_clean() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "select count(*), max(n) FROM t WHERE x IN (1, 2) AND y = ANY($1)",
+            "WITH a AS (SELECT 1) SELECT * FROM a JOIN b USING (id)",
+            "BEGIN; SELECT 1; COMMIT",
+            "SHOW search_path",
+            "SELECT 'set_config(x)' AS quoted, \"column\" FROM t",
+            "PREPARE TRANSACTION 'tx1'",
+            "SELECT now(), coalesce(a, b)::numeric(10, 2) FROM t",
+        ] {
+            assert!(plain(sql), "{sql}");
+            assert!(!scan(sql).dirty, "{sql}");
+        }
+        for sql in [
+            "SELECT set_config('app.tenant', 'A', false)",
+            "SELECT pg_catalog.set_config('x', 'y', false)",
+            "SELECT my_schema.\"Tune\"()",
+            "select nextval('s')",
+            "CALL p()",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET n = 1",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            "SELECT 1; SELECT f(2)",
+            "SELECT * INTO TEMP t2 FROM t",
+            "PREPARE p AS SELECT 1",
+            "LISTEN jobs",
+            "CREATE TEMP TABLE t (x int)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        ] {
+            assert!(!plain(sql), "{sql}");
+        }
     }
 
     #[test]

@@ -174,17 +174,23 @@ impl Session {
         let mut end = 0;
         let mut tags = Vec::new();
         let mut terminate = false;
-        while let Some((tag, n)) = frame::frame(&self.buf[end..], self.limit)? {
+        loop {
+            // A tag a client may not send is refused at once, without waiting for a body its
+            // "length" may never bring (a second StartupMessage, say).
+            if self
+                .buf
+                .get(end)
+                .is_some_and(|t| !messages::frontend_tag(*t))
+            {
+                return Err(WireError::Malformed("unexpected message type from a client").into());
+            }
+            let Some((tag, n)) = frame::frame(&self.buf[end..], self.limit)? else {
+                break;
+            };
             match tag {
                 b'X' => {
                     terminate = true;
                     break;
-                }
-                // Startup-phase and server-only tags have no business here.
-                b'p' | b'R' | b'Z' | b'T' | b'K' => {
-                    return Err(
-                        WireError::Malformed("unexpected message type from a client").into(),
-                    );
                 }
                 _ => tags.push((tag, end, n)),
             }
@@ -251,13 +257,23 @@ impl Session {
         let bytes: &[u8] = edited.as_deref().unwrap_or(&self.buf[..end]);
         // Write to the server while still passing its answers on, so a long pipeline that
         // fills both directions' socket buffers cannot deadlock.
+        // Then flush: TLS may hold the last records of a large write until flushed.
         let (mut rd, mut wr) = tokio::io::split(&mut conn.stream);
         let mut written = 0;
+        let mut flushed = false;
         let mut lost = false;
-        while written < bytes.len() {
+        while !flushed {
             tokio::select! {
-                n = wr.write(&bytes[written..]) => match n {
-                    Ok(0) | Err(_) => { lost = true; break; }
+                n = async {
+                    if written < bytes.len() {
+                        wr.write(&bytes[written..]).await
+                    } else {
+                        wr.flush().await.map(|()| 0)
+                    }
+                } => match n {
+                    Err(_) => { lost = true; break; }
+                    Ok(0) if written < bytes.len() => { lost = true; break; }
+                    Ok(0) => flushed = true,
                     Ok(n) => written += n,
                 },
                 n = async {
@@ -352,7 +368,12 @@ impl Session {
             ),
         })?;
         let conn = lease.conn();
-        let Prelude { sql, reset } = prelude_sql(conn, self.key, &self.settings);
+        let Prelude { sql, reset } = prelude_sql(
+            conn,
+            self.key,
+            &self.settings,
+            self.pool.settings.server_reset,
+        );
         if reset {
             self.pool.metrics.resets.inc();
         }

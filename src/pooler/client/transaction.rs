@@ -14,7 +14,7 @@ use super::State;
 use super::session::Session;
 use crate::pgwire::frame::body;
 use crate::pgwire::messages;
-use crate::pooler::config::Mode;
+use crate::pooler::config::{Mode, ServerReset};
 use crate::pooler::prepared::Prepared;
 use crate::pooler::server::{ServerConn, ServerError, read_message};
 use crate::pooler::state::{self, PINS};
@@ -43,13 +43,16 @@ pub(super) fn prelude_sql(
     conn: &mut ServerConn,
     key: (i32, i32),
     settings: &BTreeMap<String, String>,
+    mode: ServerReset,
 ) -> Prelude {
     let mut sql = String::new();
     // A fresh connection, or one reset with DISCARD ALL, has no last client.
-    let reset = conn.last_client.is_some_and(|c| c != key);
+    let switch = conn.last_client.is_some_and(|c| c != key);
+    let reset = switch && (conn.dirty || mode == ServerReset::Always);
     if reset {
         sql.push_str(RESET);
         conn.applied.clear();
+        conn.dirty = false;
     }
     conn.last_client = Some(key);
     if let Some(s) = settings_sql(settings, &conn.applied) {
@@ -62,6 +65,16 @@ pub(super) fn prelude_sql(
     }
 }
 
+/// Settings whose value is a list (GUC_LIST_INPUT): set with set_config, which takes the
+/// text as the server parses it.
+const LIST_SETTINGS: [&str; 5] = [
+    "search_path",
+    "datestyle",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "local_preload_libraries",
+];
+
 /// The statements that give a connection with settings `applied` the settings `want`;
 /// `None` when it has them.
 pub(super) fn settings_sql(
@@ -73,12 +86,20 @@ pub(super) fn settings_sql(
     }
     let mut sql = String::new();
     for (k, v) in want {
-        if applied.get(k) != Some(v) {
-            sql.push_str(&format!(
+        if applied.get(k) == Some(v) {
+            continue;
+        }
+        // SET is a utility statement (no plan): cheaper than set_config, but it would read a
+        // list-valued setting's one string as a single element.
+        match Ident::new(k) {
+            Ok(name) if !LIST_SETTINGS.contains(&k.to_ascii_lowercase().as_str()) => {
+                sql.push_str(&format!("SET {name} = {};", literal(v)));
+            }
+            _ => sql.push_str(&format!(
                 "SELECT pg_catalog.set_config({}, {}, false);",
                 literal(k),
                 literal(v)
-            ));
+            )),
         }
     }
     for k in applied.keys().filter(|k| !want.contains_key(*k)) {
@@ -100,6 +121,7 @@ impl Session {
         };
         let pinned = b.pin.is_some();
         let conn = b.lease.conn();
+        conn.dirty |= scan.dirty;
         if scan.reset_all {
             conn.applied.clear();
             self.settings = self.startup.clone();
@@ -192,6 +214,7 @@ impl Session {
             conn.applied.clear();
             conn.statements.clear();
             conn.last_client = None;
+            conn.dirty = false;
         }
         b.lease.release();
     }
@@ -207,6 +230,7 @@ pub(super) async fn run(
     let mut out = Vec::with_capacity(sql.len() + 8);
     messages::query(&mut out, sql);
     conn.stream.write_all(&out).await?;
+    conn.stream.flush().await?;
     let mut failure = None;
     let mut row = None;
     loop {
@@ -239,12 +263,13 @@ mod tests {
         ]);
         let applied = BTreeMap::from([
             ("TimeZone".to_owned(), "UTC".to_owned()),
-            ("application_name".to_owned(), "it's me".to_owned()),
+            ("application_name".to_owned(), "old".to_owned()),
         ]);
         let sql = settings_sql(&want, &applied).unwrap();
         assert_eq!(
             sql,
-            "SELECT pg_catalog.set_config('search_path', '\"My Schema\", public', false);RESET \"TimeZone\";"
+            "SET \"application_name\" = 'it''s me';\
+             SELECT pg_catalog.set_config('search_path', '\"My Schema\", public', false);RESET \"TimeZone\";"
         );
         assert_eq!(settings_sql(&want, &want), None);
     }
