@@ -9,21 +9,11 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use support::bed;
 use support::pooler::{
     App, Pooler, Seen, Wire, app, bind, close_statement, describe_statement, execute, flush,
     message, msg, parse, query, startup_with, sync, value,
 };
-use support::{bed, http_get};
-
-/// A counter or gauge from the pooler's /metrics, 0 when absent.
-fn metric(p: &Pooler, line_start: &str) -> f64 {
-    let (_, text) = http_get(p.http, "/metrics");
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_statements_follow_ten_clients_across_two_server_connections() {
@@ -84,7 +74,7 @@ async fn named_statements_follow_ten_clients_across_two_server_connections() {
         "no client's transactions changed server connection"
     );
     // Prepared at most once per statement and server connection, not once per transaction.
-    let prepares = metric(&pooler, "dbconn_pooler_server_prepares_total");
+    let prepares = pooler.metric("dbconn_pooler_server_prepares_total");
     println!("1,000 transactions, {moved}/10 clients moved, {prepares} server prepares");
     assert!((10.0..=20.0).contains(&prepares), "{prepares}");
 }
@@ -498,13 +488,11 @@ async fn pins(prefix: &str, hold: &str, still: &str, gone: &str, reason: &str) {
         .await
         .expect("still there for its client");
     assert_eq!(
-        metric(
-            &t.pooler,
-            &format!("dbconn_pooler_pins_total{{kind=\"{reason}\"}}")
-        ),
+        t.pooler
+            .metric(&format!("dbconn_pooler_pins_total{{kind=\"{reason}\"}}")),
         1.0
     );
-    assert_eq!(metric(&t.pooler, "dbconn_pooler_pinned_servers"), 1.0);
+    assert_eq!(t.pooler.metric("dbconn_pooler_pinned_servers"), 1.0);
     drop(first);
     // The client left: the connection is reset and serves the next one clean.
     let third = t.client().await;
@@ -519,7 +507,7 @@ async fn pins(prefix: &str, hold: &str, still: &str, gone: &str, reason: &str) {
         }
     }
     assert_eq!(left, "0", "{gone}");
-    assert_eq!(metric(&t.pooler, "dbconn_pooler_pinned_servers"), 0.0);
+    assert_eq!(t.pooler.metric("dbconn_pooler_pinned_servers"), 0.0);
 }
 
 #[tokio::test]
@@ -554,7 +542,7 @@ async fn an_unlocked_advisory_lock_releases_the_pin() {
         .await
         .expect("xact lock");
     assert_eq!(value(&second, "SELECT 2").await.expect("free"), "2");
-    assert_eq!(metric(&t.pooler, "dbconn_pooler_pinned_servers"), 0.0);
+    assert_eq!(t.pooler.metric("dbconn_pooler_pinned_servers"), 0.0);
 }
 
 #[tokio::test]

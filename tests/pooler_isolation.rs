@@ -12,19 +12,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use support::pooler::{Pooler, app, message, value};
-use support::{bed, http_get, memory_kib};
+use support::{bed, memory_kib};
 
 /// The chart's default memory limit of the sidecar.
 const SIDECAR_LIMIT_KIB: u64 = 64 * 1024;
-
-/// The value of `dbconn_pooler_<name>` on the pooler's /metrics.
-fn metric(p: &Pooler, name: &str) -> f64 {
-    let (_, body) = http_get(p.http, "/metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("dbconn_pooler_{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_set_inside_functions_procedures_and_do_blocks_never_reaches_the_next_client() {
@@ -101,7 +92,7 @@ async fn state_set_inside_functions_procedures_and_do_blocks_never_reaches_the_n
         .await
         .expect_err("still read-only for the client that asked");
     assert_eq!(err.code().map(|c| c.code()), Some("25006"), "{err}");
-    assert!(metric(&p, "server_resets_total") >= 5.0);
+    assert!(p.metric("dbconn_pooler_server_resets_total ") >= 5.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,15 +120,15 @@ async fn plain_queries_cost_no_reset_and_always_resets_after_them_too() {
     );
     // (The view's CREATE left the connection to be reset once.)
     value(&x, "SELECT 1").await.expect("query");
-    let before = metric(&auto, "server_resets_total");
+    let before = auto.metric("dbconn_pooler_server_resets_total ");
     for _ in 0..10 {
         value(&y, "SELECT count(*) FROM pg_class WHERE relname = 'sets'")
             .await
             .expect("query");
         value(&x, "SELECT 1").await.expect("query");
     }
-    assert_eq!(metric(&auto, "server_resets_total"), before);
-    assert!(metric(&auto, "transactions_total") >= 21.0);
+    assert_eq!(auto.metric("dbconn_pooler_server_resets_total "), before);
+    assert!(auto.metric("dbconn_pooler_transactions_total ") >= 21.0);
     // With always, the next client never sees what the view set.
     let (x, y) = (
         always.client(&a).await.expect("client"),
@@ -155,7 +146,7 @@ async fn plain_queries_cost_no_reset_and_always_resets_after_them_too() {
         .expect("setting"),
         ""
     );
-    assert!(metric(&always, "server_resets_total") >= 1.0);
+    assert!(always.metric("dbconn_pooler_server_resets_total ") >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

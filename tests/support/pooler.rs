@@ -128,6 +128,17 @@ impl Pooler {
         }
     }
 
+    /// A counter or gauge from the pooler's /metrics (the first line starting with
+    /// `line_start`), 0 when absent.
+    pub fn metric(&self, line_start: &str) -> f64 {
+        let (_, text) = http_get(self.http, "/metrics");
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
