@@ -31,7 +31,7 @@ generate: ## regenerate crds/ and the chart's copy from src/api/
 bench: bench-pooler bench-operator ## both benchmarks
 
 bench-pooler: setup ## dbconn pooler vs PgBouncer vs direct PostgreSQL (pgbench), plain and TLS upstream
-	scripts/with-bed.sh bench/pooler.sh
+	BED_FLAGS=--no-node scripts/with-bed.sh bench/pooler.sh
 
 bench-operator: setup ## 1,000 DatabaseConnections on a fresh bed: time to Ready, reconciles/s, peak RSS, restart
 	$(CARGO) bench --locked --bench operator
@@ -50,7 +50,8 @@ fuzz: ## run each cargo-fuzz target for FUZZ_SECONDS (default 60) on the nightly
 build: ## release build of the dbconn binary
 	$(CARGO) build --release --locked --bin dbconn
 
-bed-up: setup ## start the test bed in the background and print KUBECONFIG=, DATABASE_URL=, PGSSLROOTCERT=
+bed-up: setup ## start the test bed (PostgreSQL, control plane, a node) in the background and print KUBECONFIG=, DATABASE_URL=, …
+	@$(CARGO) build -q --release --locked --bin dbconn
 	@$(CARGO) build -q -p testbed
 	@target/debug/testbed --dir $(BED_DIR) up
 

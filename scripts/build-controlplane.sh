@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and etcd from the Go module proxy (no binary can be downloaded on
+# Builds kube-apiserver, the node's kubelet, kube-controller-manager, kube-scheduler and
+# kube-proxy, and etcd from the Go module proxy (no binary can be downloaded on
 # these machines) and caches them outside the repository, keyed by version. Idempotent:
 # a second run with the binaries present returns at once.
 #
@@ -64,6 +65,21 @@ if [ ! -x "$kube_out" ]; then
   [ -n "$replaces" ] || { log "could not read the staging modules of k8s.io/kubernetes v$KUBE_VERSION"; exit 1; }
 fi
 build_in_wrapper kube-apiserver k8s.io/kubernetes "$KUBE_VERSION" k8s.io/kubernetes/cmd/kube-apiserver "$kube_out" "${replaces:-}"
+# The node's parts build in the apiserver's wrapper module, sharing its modules and build cache
+# (each takes a minute or two once the apiserver has been built).
+for component in kubelet kube-controller-manager kube-scheduler kube-proxy; do
+  out="$BIN/$component-$KUBE_VERSION"
+  if [ -x "$out" ]; then
+    log "$component $KUBE_VERSION: cached at $out"
+  else
+    log "$component $KUBE_VERSION: compiling in the kube-apiserver wrapper module"
+    (cd "$CACHE/src/kube-apiserver-$KUBE_VERSION" \
+      && go get "k8s.io/kubernetes/cmd/$component@v$KUBE_VERSION" >/dev/null \
+      && go build -trimpath -o "$out.tmp" "k8s.io/kubernetes/cmd/$component")
+    mv "$out.tmp" "$out"
+  fi
+  ln -sf "$(basename "$out")" "$BIN/$component"
+done
 build_in_wrapper etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3 "$BIN/etcd-$ETCD_VERSION"
 if [ "${WITH_HELM:-1}" = 1 ]; then
   build_in_wrapper helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$BIN/helm-$HELM_VERSION"

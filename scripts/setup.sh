@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything dbconn's demo and tests need on a fresh machine, idempotently:
-# Debian's PostgreSQL (server, psql, pgbench) and PgBouncer, the driver matrix's clients
-# (scripts/drivers.sh), and Go builds of kube-apiserver,
-# etcd, helm and kubeconform cached in ~/.cache/dbconn (see build-controlplane.sh).
+# Debian's PostgreSQL (server, psql, pgbench) and PgBouncer, the node's containerd, runc, CNI
+# plugins, iptables and buildah, the driver matrix's clients
+# (scripts/drivers.sh), and Go builds of kube-apiserver, kubelet, kube-controller-manager,
+# kube-scheduler, kube-proxy, etcd, helm and kubeconform cached in ~/.cache/dbconn (see build-controlplane.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,18 @@ command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v pgbouncer >/dev/null || need_apt+=(pgbouncer)
 command -v runuser >/dev/null || need_apt+=(util-linux)
 command -v setsid >/dev/null || need_apt+=(util-linux)
+# The bed's node (testbed/src/node.rs): containerd, runc and the CNI plugins run pods,
+# iptables and conntrack serve kube-proxy, buildah and busybox make the images.
+command -v containerd >/dev/null || need_apt+=(containerd)
+command -v runc >/dev/null || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v iptables >/dev/null || need_apt+=(iptables)
+command -v conntrack >/dev/null || need_apt+=(conntrack)
+command -v buildah >/dev/null || need_apt+=(buildah)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v nsenter >/dev/null || need_apt+=(util-linux)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 # The driver matrix (scripts/drivers.sh): Node.js, Python's venv, a JDK and Maven.
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)

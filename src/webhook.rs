@@ -448,6 +448,7 @@ pub async fn run(
     settings: Settings,
     connections: Store<DatabaseConnection>,
     recorder: Recorder,
+    readiness: Arc<crate::operator::Readiness>,
 ) -> anyhow::Result<()> {
     let served = Arc::new(Reloadable::default());
     let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -471,6 +472,10 @@ pub async fn run(
                 if let Err(e) = refresh(&client, &namespace, &settings, &served).await {
                     tracing::warn!(error = %format!("{e:#}"), "webhook certificate");
                 }
+                let certified = served.0.read().is_ok_and(|k| k.is_some());
+                readiness
+                    .certified
+                    .store(certified, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_secs(15)).await;
             }
         }

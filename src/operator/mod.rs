@@ -55,6 +55,9 @@ pub struct Settings {
     pub lease: Option<LeaseSettings>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub http: SocketAddr,
+    /// After SIGTERM: how long the webhook is still served, `/readyz` failing, before the
+    /// process stops (Service endpoints and kube-proxy catch up meanwhile).
+    pub shutdown_delay: Duration,
     /// The pod-injection webhook, served by every replica; `None` serves none.
     pub webhook: Option<crate::webhook::Settings>,
 }
@@ -306,6 +309,20 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         namespaces: Default::default(),
         settings,
     });
+    let readiness = Arc::new(Readiness::default());
+    {
+        let (readiness, pods, connections) =
+            (readiness.clone(), ctx.pods.clone(), ctx.connections.clone());
+        tokio::spawn(async move {
+            if pods.wait_until_ready().await.is_ok() && connections.wait_until_ready().await.is_ok()
+            {
+                readiness.synced.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    if ctx.settings.webhook.is_none() {
+        readiness.certified.store(true, Ordering::Relaxed);
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(ctx.settings.http)
         .await
@@ -313,7 +330,10 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
     }
-    let http = tokio::spawn(serve(listener, routes(ctx.clone(), ready.clone())));
+    let http = tokio::spawn(serve(
+        listener,
+        routes(ctx.clone(), ready.clone(), readiness.clone()),
+    ));
     let webhook = match ctx.settings.webhook.clone() {
         Some(settings) => {
             let listener = tokio::net::TcpListener::bind(settings.addr)
@@ -326,6 +346,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
                 settings,
                 connections,
                 ctx.recorder.clone(),
+                readiness.clone(),
             );
             Some(tokio::spawn(async move {
                 if let Err(e) = serving.await {
@@ -336,7 +357,13 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
 
-    let shutdown = crate::shutdown::signal();
+    let shutdown = {
+        let readiness = readiness.clone();
+        async move {
+            crate::shutdown::signal().await;
+            readiness.stopping.store(true, Ordering::Relaxed);
+        }
+    };
     tokio::pin!(shutdown);
     let result = match ctx.settings.lease.clone() {
         None => {
@@ -365,6 +392,14 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
             .await
         }
     };
+    if readiness.stopping.load(Ordering::Relaxed) && !ctx.settings.shutdown_delay.is_zero() {
+        // Not ready, yet still answering: Services drop this replica before it goes away.
+        tracing::info!(
+            seconds = ctx.settings.shutdown_delay.as_secs(),
+            "serving the webhook while Services stop sending here"
+        );
+        tokio::time::sleep(ctx.settings.shutdown_delay).await;
+    }
     http.abort();
     caches.abort();
     if let Some(w) = webhook {
@@ -374,14 +409,43 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     result
 }
 
-fn routes(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Routes {
+/// What `/readyz` waits for besides the controllers: this replica can answer admission.
+#[derive(Default)]
+pub struct Readiness {
+    /// The connection and pod caches the webhook answers from hold every object.
+    pub synced: AtomicBool,
+    /// The webhook has a serving certificate (or there is no webhook).
+    pub certified: AtomicBool,
+    /// SIGTERM came: Services should send elsewhere.
+    pub stopping: AtomicBool,
+}
+
+impl Readiness {
+    /// `None` when ready, else what it waits for.
+    fn waiting_for(&self) -> Option<&'static str> {
+        if self.stopping.load(Ordering::Relaxed) {
+            Some("stopping\n")
+        } else if !self.synced.load(Ordering::Relaxed) {
+            Some("loading the connection and pod caches\n")
+        } else if !self.certified.load(Ordering::Relaxed) {
+            Some("waiting for the webhook certificate\n")
+        } else {
+            None
+        }
+    }
+}
+
+fn routes(ctx: Arc<Context>, ready: Arc<AtomicBool>, readiness: Arc<Readiness>) -> Routes {
     Arc::new(move |path: &str| match path {
         "/healthz" => Reply::text(200, "ok\n"),
-        // Ready once watching (leader) or waiting for the Lease (standby): both can serve.
-        "/readyz" if ready.load(Ordering::Relaxed) || ctx.settings.lease.is_some() => {
-            Reply::text(200, "ok\n")
-        }
-        "/readyz" => Reply::text(503, "starting\n"),
+        "/readyz" => match readiness.waiting_for() {
+            Some(why) => Reply::text(503, why),
+            // Ready once watching (leader) or waiting for the Lease (standby): both can serve.
+            None if ready.load(Ordering::Relaxed) || ctx.settings.lease.is_some() => {
+                Reply::text(200, "ok\n")
+            }
+            None => Reply::text(503, "starting\n"),
+        },
         "/metrics" => ctx.metrics.reply(),
         _ => Reply::not_found(),
     })

@@ -1,4 +1,4 @@
-//! A Kubernetes control plane without kubelet: etcd and kube-apiserver on loopback, built by
+//! The Kubernetes control plane: etcd and kube-apiserver on loopback, built by
 //! scripts/build-controlplane.sh and cached outside the repository. Client-certificate auth
 //! (admin in system:masters), RBAC, and service-account signing keys so TokenRequest works.
 
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::certs::{Ca, service_account_keys};
 use crate::free_port;
+use crate::node::{NODE_IP, Plan, SERVICE_SUBNET};
 
 /// What a running control plane looks like to its users.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,7 +35,7 @@ pub fn cache_bin_dir() -> PathBuf {
     cache.join("bin")
 }
 
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = cache_bin_dir().join(name);
     if !path.exists() {
         bail!(
@@ -46,7 +47,7 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Starts etcd and kube-apiserver in `dir`/kube and waits until the apiserver is ready.
-pub fn start(dir: &Path, ca: &Ca) -> anyhow::Result<KubeInfo> {
+pub fn start(dir: &Path, ca: &Ca, node: Option<&Plan>) -> anyhow::Result<KubeInfo> {
     let root = dir.join("kube");
     std::fs::create_dir_all(&root)?;
     let etcd_port = free_port()?;
@@ -78,27 +79,50 @@ pub fn start(dir: &Path, ca: &Ca) -> anyhow::Result<KubeInfo> {
         .spawn()
         .context("starting etcd")?;
 
-    let serving = ca.server("apiserver", &["localhost", "127.0.0.1", "10.0.0.1"])?;
+    // 10.0.0.1 is the `kubernetes` Service, NODE_IP where pods and the kubelet reach it.
+    let serving = ca.server(
+        "apiserver",
+        &["localhost", "127.0.0.1", "10.0.0.1", NODE_IP],
+    )?;
     let admin = ca.client("admin", "dbconn-testbed-admin", Some("system:masters"))?;
     let sa = service_account_keys(&root)?;
     let apiserver_log = root.join("apiserver.log");
     let log = std::fs::File::create(&apiserver_log)?;
-    let apiserver = Command::new(binary("kube-apiserver")?)
+    let mut apiserver = Command::new(binary("kube-apiserver")?);
+    match node {
+        // The `kubernetes` Service's endpoint is the node's address (relayed to this port),
+        // "cluster" traffic goes through the relay, and pods get service-account tokens.
+        Some(plan) => apiserver
+            .arg(format!("--advertise-address={NODE_IP}"))
+            .arg(format!(
+                "--egress-selector-config-file={}",
+                plan.egress_config.display()
+            ))
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                admin.cert.display()
+            ))
+            .arg(format!("--kubelet-client-key={}", admin.key.display()))
+            .arg("--kubelet-preferred-address-types=InternalIP"),
+        // Without a node nothing creates service accounts: pods are only admitted, as envtest.
+        None => apiserver.args([
+            "--advertise-address=127.0.0.1",
+            "--disable-admission-plugins=ServiceAccount",
+        ]),
+    };
+    let apiserver = apiserver
         .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
         .arg(format!("--secure-port={apiserver_port}"))
-        .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+        .arg("--bind-address=127.0.0.1")
         .arg(format!("--cert-dir={}", root.join("certs").display()))
         .arg(format!("--tls-cert-file={}", serving.cert.display()))
         .arg(format!("--tls-private-key-file={}", serving.key.display()))
         .arg(format!("--client-ca-file={}", ca.cert_path().display()))
         .args([
-            "--service-cluster-ip-range=10.0.0.0/24",
+            &format!("--service-cluster-ip-range={SERVICE_SUBNET}"),
             "--allow-privileged=true",
         ])
-        .args([
-            "--authorization-mode=RBAC",
-            "--disable-admission-plugins=ServiceAccount",
-        ])
+        .arg("--authorization-mode=RBAC")
         .arg(format!(
             "--service-account-issuer=https://127.0.0.1:{apiserver_port}/"
         ))

@@ -1,14 +1,17 @@
 //! dbconn's local test bed: a throwaway PostgreSQL with TLS and a real Kubernetes control
-//! plane (kube-apiserver + etcd, no kubelet), on loopback, in one folder.
+//! plane (kube-apiserver + etcd) on loopback, and (`Bed::start_with_node`) a node that runs
+//! pods in a network namespace of its own (node.rs), in one folder.
 //!
-//! `Bed::start` starts both and writes `bed.json` (what tests read) and `down.sh` (how every
+//! `Bed::start` starts them and writes `bed.json` (what tests read) and `down.sh` (how every
 //! process of the bed is stopped and the folder removed). The `testbed` binary wraps the same
 //! calls for `make bed-up` / `make bed-down`, and tests attach to a running bed through the
 //! `DBCONN_BED` environment variable or start their own.
 
 pub mod certs;
 pub mod kube;
+pub mod node;
 pub mod postgres;
+pub mod relay;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -18,6 +21,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 pub use kube::KubeInfo;
+pub use node::NodeInfo;
 pub use postgres::PostgresInfo;
 
 /// Everything a test or tool needs to use a running bed, saved as `bed.json`.
@@ -27,6 +31,9 @@ pub struct Bed {
     pub ca_cert: PathBuf,
     pub postgres: PostgresInfo,
     pub kube: KubeInfo,
+    /// The node, when the bed has one.
+    #[serde(default)]
+    pub node: Option<NodeInfo>,
 }
 
 impl Bed {
@@ -34,6 +41,20 @@ impl Bed {
     /// given, a watchdog stops the bed as soon as that process is gone (a test binary that
     /// panicked or was killed still leaves nothing running).
     pub fn start(dir: &Path, watch_pid: Option<u32>) -> anyhow::Result<Bed> {
+        Self::start_with(dir, watch_pid, None)
+    }
+
+    /// As [`Bed::start`], with a node (node.rs) as well; `relay` is the `testbed` binary,
+    /// which serves the node's `testbed relay`.
+    pub fn start_with_node(
+        dir: &Path,
+        watch_pid: Option<u32>,
+        relay: &Path,
+    ) -> anyhow::Result<Bed> {
+        Self::start_with(dir, watch_pid, Some(relay))
+    }
+
+    fn start_with(dir: &Path, watch_pid: Option<u32>, relay: Option<&Path>) -> anyhow::Result<Bed> {
         if dir.exists() {
             bail!(
                 "{} already exists: stop that bed first (make bed-down)",
@@ -43,7 +64,7 @@ impl Bed {
         std::fs::create_dir_all(dir)?;
         // The postgres user must reach its data directory below this folder.
         set_mode(dir, 0o755)?;
-        let started = Self::start_in(dir);
+        let started = Self::start_in(dir, relay);
         match started {
             Ok(bed) => {
                 if let Some(pid) = watch_pid {
@@ -59,12 +80,16 @@ impl Bed {
         }
     }
 
-    fn start_in(dir: &Path) -> anyhow::Result<Bed> {
+    fn start_in(dir: &Path, relay: Option<&Path>) -> anyhow::Result<Bed> {
         let ca = certs::Ca::create(dir, "dbconn-testbed-ca")?;
-        write_down_script(dir, &[], None)?;
+        let plan = relay.map(|_| node::Plan::new(dir)).transpose()?;
+        let down = |pids: &[u32], pg: Option<&PostgresInfo>| {
+            write_down_script(dir, pids, pg, plan.as_ref())
+        };
+        down(&[], None)?;
         let postgres = postgres::start(dir, &ca)?;
-        write_down_script(dir, &[], Some(&postgres))?;
-        let kube = kube::start(dir, &ca);
+        down(&[], Some(&postgres))?;
+        let kube = kube::start(dir, &ca, plan.as_ref());
         // etcd may have started even if the apiserver did not: the script must know both.
         let kube = match kube {
             Ok(k) => k,
@@ -76,12 +101,17 @@ impl Bed {
                 return Err(e);
             }
         };
-        write_down_script(dir, &[kube.apiserver_pid, kube.etcd_pid], Some(&postgres))?;
+        down(&[kube.apiserver_pid, kube.etcd_pid], Some(&postgres))?;
+        let node = match (&plan, relay) {
+            (Some(plan), Some(relay)) => Some(node::start(plan, &ca, &kube, postgres.port, relay)?),
+            _ => None,
+        };
         let bed = Bed {
             dir: dir.to_owned(),
             ca_cert: ca.cert_path(),
             postgres,
             kube,
+            node,
         };
         std::fs::write(dir.join("bed.json"), serde_json::to_vec_pretty(&bed)?)?;
         Ok(bed)
@@ -133,9 +163,14 @@ impl Bed {
     }
 }
 
-/// `down.sh`: terminate the given processes and PostgreSQL, wait up to 15 s, kill what is
-/// left, remove the folder. Idempotent.
-fn write_down_script(dir: &Path, pids: &[u32], pg: Option<&PostgresInfo>) -> anyhow::Result<()> {
+/// `down.sh`: stop the node, then the given processes in order and PostgreSQL (each gets
+/// 15 s before SIGKILL), remove the folder. Idempotent.
+fn write_down_script(
+    dir: &Path,
+    pids: &[u32],
+    pg: Option<&PostgresInfo>,
+    node: Option<&node::Plan>,
+) -> anyhow::Result<()> {
     let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
     let pg_pid = pg.map(|p| {
         format!(
@@ -145,13 +180,18 @@ fn write_down_script(dir: &Path, pids: &[u32], pg: Option<&PostgresInfo>) -> any
     });
     let script = format!(
         "#!/bin/sh\n# Stops the dbconn test bed in {dir} and removes it.\n\
-         pids=\"{pids}\"\npg={pg}\n\
+         # A zombie (a process whose parent is gone and not yet reaped) counts as stopped.\n\
+         running() {{ s=$(ps -o stat= -p \"$1\" 2>/dev/null) && [ \"${{s#Z}}\" = \"$s\" ]; }}\n\
+         # stop PID SIGNAL: signal it, wait up to 15 s, then kill it.\n\
+         stop() {{ kill -$2 $1 2>/dev/null; for i in $(seq 1 150); do running $1 || return 0; sleep 0.1; done; kill -KILL $1 2>/dev/null; }}\n{node}\
+         pg={pg}\n\
          [ -n \"$pg\" ] && kill -INT $pg 2>/dev/null\n\
-         [ -n \"$pids\" ] && kill -TERM $pids 2>/dev/null\n\
-         for i in $(seq 1 150); do alive=; for p in $pids $pg; do kill -0 $p 2>/dev/null && alive=1; done; [ -z \"$alive\" ] && break; sleep 0.1; done\n\
-         for p in $pids $pg; do kill -KILL $p 2>/dev/null; done\n\
+         # In order: the apiserver before etcd (without etcd it does not finish stopping).\n\
+         for p in {pids}; do stop $p TERM; done\n\
+         [ -n \"$pg\" ] && stop $pg INT\n\
          rm -rf '{dir}'\n",
         dir = dir.display(),
+        node = node.map(node::Plan::down_script).unwrap_or_default(),
         pids = pids.join(" "),
         pg = pg_pid
             .map(|p| format!("\"{p}\""))

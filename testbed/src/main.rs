@@ -1,5 +1,6 @@
 //! `testbed up|down|env`: start the local test bed in the background for manual work, the
-//! demo and the test suite; print its settings; stop it.
+//! demo and the test suite (with a node unless `--no-node`); print its settings; stop it.
+//! `testbed relay …` is the node's relay (relay.rs), started by `up`.
 
 use std::path::PathBuf;
 
@@ -14,6 +15,11 @@ fn default_dir() -> PathBuf {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("relay") {
+        return testbed::relay::Relay::from_args(&args[1..])?.run();
+    }
+    let usage = "usage: testbed [--dir DIR] [--watch-pid PID] [--no-node] up|down|env";
+    let mut with_node = true;
     let mut dir = default_dir();
     let mut watch_pid = None;
     let mut command = None;
@@ -22,19 +28,23 @@ fn main() -> anyhow::Result<()> {
         match arg.as_str() {
             "--dir" => dir = it.next().map(PathBuf::from).unwrap_or(dir),
             "--watch-pid" => watch_pid = it.next().and_then(|p| p.parse().ok()),
+            "--no-node" => with_node = false,
             "up" | "down" | "env" => command = Some(arg.clone()),
-            other => bail!(
-                "unknown argument {other:?}\nusage: testbed [--dir DIR] [--watch-pid PID] up|down|env"
-            ),
+            other => bail!("unknown argument {other:?}\n{usage}"),
         }
     }
     match command.as_deref() {
         Some("up") => {
             eprintln!(
-                "starting PostgreSQL and kube-apiserver + etcd in {}",
+                "starting PostgreSQL, kube-apiserver + etcd{} in {}",
+                if with_node { " and a node" } else { "" },
                 dir.display()
             );
-            let bed = Bed::start(&dir, watch_pid)?;
+            let bed = if with_node {
+                Bed::start_with_node(&dir, watch_pid, &std::env::current_exe()?)?
+            } else {
+                Bed::start(&dir, watch_pid)?
+            };
             for line in bed.env_lines() {
                 println!("{line}");
             }
@@ -51,7 +61,7 @@ fn main() -> anyhow::Result<()> {
             }
             Err(_) => eprintln!("no bed at {}", dir.display()),
         },
-        _ => bail!("usage: testbed [--dir DIR] [--watch-pid PID] up|down|env"),
+        _ => bail!("{usage}"),
     }
     Ok(())
 }

@@ -148,7 +148,11 @@ pub fn start(dir: &Path, ca: &Ca) -> anyhow::Result<PostgresInfo> {
     let tls_only_password = random_hex(16)?;
     write_private(&root.join("pwfile"), &superuser_password)?;
 
-    let server = ca.server("pg-server", &["localhost", "127.0.0.1"])?;
+    // NODE_IP: where pods reach this server (relayed), so verify-full holds there too.
+    let server = ca.server(
+        "pg-server",
+        &["localhost", "127.0.0.1", crate::node::NODE_IP],
+    )?;
     let cert_user = ca.client("pg-certuser", CERT_USER, None)?;
     if is_root() {
         run(Command::new("chown")

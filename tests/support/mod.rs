@@ -131,6 +131,9 @@ impl Operator {
             &lease,
             "--http-addr",
             &http,
+            // Stop at once on SIGTERM: only the chart's pods need to drain.
+            "--shutdown-delay-seconds",
+            "0",
         ];
         // Later flags win: a test may override the defaults above.
         args.extend_from_slice(extra);
