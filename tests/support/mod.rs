@@ -84,11 +84,14 @@ pub fn install_crds() {
     });
 }
 
-/// Creates a namespace with a unique name (namespaces never finish deleting without a
-/// controller-manager, so tests do not delete them).
+/// Creates a namespace with a unique name. On a bed with a node, waits for its `default`
+/// ServiceAccount (the controller manager makes it; until then the apiserver refuses pods).
 pub fn namespace(prefix: &str) -> String {
     let ns = unique(prefix);
     kubectl_ok(&["create", "namespace", &ns]);
+    if bed().node.is_some() {
+        kubectl_eventually(&["get", "serviceaccount", "default", "-n", &ns], 30);
+    }
     ns
 }
 
