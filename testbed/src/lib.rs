@@ -131,8 +131,10 @@ impl Bed {
     }
 
     /// The lines `make bed-up` prints: environment settings for other tools.
+    /// With a node, also where pods reach PostgreSQL (`DBCONN_NODE_IP`, the same port) and
+    /// the node's containerd (`DBCONN_CONTAINERD`, for `ctr --address`).
     pub fn env_lines(&self) -> Vec<String> {
-        vec![
+        let mut lines = vec![
             format!("KUBECONFIG={}", self.kube.kubeconfig.display()),
             format!(
                 "DATABASE_URL={}",
@@ -140,7 +142,15 @@ impl Bed {
             ),
             format!("PGSSLROOTCERT={}", self.ca_cert.display()),
             format!("DBCONN_BED={}", self.dir.display()),
-        ]
+        ];
+        if let Some(node) = &self.node {
+            lines.push(format!("DBCONN_NODE_IP={}", node.ip));
+            lines.push(format!(
+                "DBCONN_CONTAINERD={}",
+                node.containerd_socket.display()
+            ));
+        }
+        lines
     }
 
     fn watch(&self, pid: u32) -> anyhow::Result<()> {
