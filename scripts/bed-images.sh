@@ -35,6 +35,9 @@ check() {
     chart_uid=$(awk -v k="$key:" '$1==k{f=1;next} f&&/^[^ ]/{f=0} f&&$1=="runAsUser:"{print $2}' charts/dbconn/values.yaml)
     [ "$chart_uid" = "$uid" ] || { log "charts/dbconn/values.yaml $key.runAsUser=$chart_uid, Dockerfile USER $uid"; failed=1; }
   done
+  # The webhook's sidecar sets its own runAsUser (src/inject/mod.rs): the same uid.
+  grep -q "run_as_user: Some($uid)" src/inject/mod.rs \
+    || { log "src/inject/mod.rs: the sidecar's run_as_user is not the Dockerfile's USER $uid"; failed=1; }
   return $failed
 }
 

@@ -41,7 +41,7 @@ $extra
 GOMOD
   (cd "$dir" && go get "$package@v$version" >/dev/null)
   log "$name $version: compiling (first time: many minutes on 2 cores)"
-  (cd "$dir" && go build -trimpath -o "$output.tmp" "$package")
+  (cd "$dir" && go build -trimpath -ldflags "${ldflags:-}" -o "$output.tmp" "$package")
   mv "$output.tmp" "$output"
   ln -sf "$(basename "$output")" "$BIN/$name"
   log "$name $version: built $output"
@@ -58,13 +58,19 @@ kube_replaces() {
     | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
 }
 
+# The version the binaries report (kubectl get nodes, /version): a module build has no git
+# metadata, so it is stamped here as the release build does.
+KUBE_LDFLAGS="-X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION \
+  -X k8s.io/component-base/version.gitMajor=${KUBE_VERSION%%.*} \
+  -X k8s.io/component-base/version.gitMinor=$(echo "$KUBE_VERSION" | cut -d. -f2) \
+  -X k8s.io/component-base/version.gitTreeState=clean"
 kube_out="$BIN/kube-apiserver-$KUBE_VERSION"
 if [ ! -x "$kube_out" ]; then
   (cd "$CACHE/src" && mkdir -p probe && cd probe && [ -f go.mod ] || go mod init probe >/dev/null 2>&1 || true)
   replaces=$(cd "$CACHE/src/probe" && kube_replaces)
   [ -n "$replaces" ] || { log "could not read the staging modules of k8s.io/kubernetes v$KUBE_VERSION"; exit 1; }
 fi
-build_in_wrapper kube-apiserver k8s.io/kubernetes "$KUBE_VERSION" k8s.io/kubernetes/cmd/kube-apiserver "$kube_out" "${replaces:-}"
+ldflags="$KUBE_LDFLAGS" build_in_wrapper kube-apiserver k8s.io/kubernetes "$KUBE_VERSION" k8s.io/kubernetes/cmd/kube-apiserver "$kube_out" "${replaces:-}"
 # The node's parts build in the apiserver's wrapper module, sharing its modules and build cache
 # (each takes a minute or two once the apiserver has been built).
 for component in kubelet kube-controller-manager kube-scheduler kube-proxy; do
@@ -75,7 +81,7 @@ for component in kubelet kube-controller-manager kube-scheduler kube-proxy; do
     log "$component $KUBE_VERSION: compiling in the kube-apiserver wrapper module"
     (cd "$CACHE/src/kube-apiserver-$KUBE_VERSION" \
       && go get "k8s.io/kubernetes/cmd/$component@v$KUBE_VERSION" >/dev/null \
-      && go build -trimpath -o "$out.tmp" "k8s.io/kubernetes/cmd/$component")
+      && go build -trimpath -ldflags "$KUBE_LDFLAGS" -o "$out.tmp" "k8s.io/kubernetes/cmd/$component")
     mv "$out.tmp" "$out"
   fi
   ln -sf "$(basename "$out")" "$BIN/$component"

@@ -238,6 +238,10 @@ PY
 check_dockerfile() {
   log "hadolint Dockerfile"
   "$BIN/hadolint" Dockerfile
+  # The bed's image is built from the Dockerfile's user and entrypoint (bed-images.sh reads
+  # them); here: those exist, and the chart runs as the Dockerfile's user.
+  log "Dockerfile and chart agree on the image's user (scripts/bed-images.sh check)"
+  scripts/bed-images.sh check
 }
 
 fetch_kube_schemas

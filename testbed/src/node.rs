@@ -156,7 +156,9 @@ pub fn start(
     let logs = root.join("logs");
     std::fs::create_dir_all(&logs)?;
 
-    // The namespace: loopback up, with the node's address on it.
+    // The namespace: loopback up, with the node's address on it. One left by a bed of the same
+    // folder that was killed (its processes are gone) is replaced.
+    let _ = run(Command::new("ip").args(["netns", "del", &plan.netns]));
     run(Command::new("ip").args(["netns", "add", &plan.netns]))?;
     run(Command::new("ip").args(["-n", &plan.netns, "link", "set", "lo", "up"]))?;
     run(Command::new("ip").args([
