@@ -4,7 +4,8 @@
 #   dbconn.local/dbconn:dev   the release binary, as the Dockerfile ships it (same binary path,
 #                             user and entrypoint, read from the Dockerfile and checked in the
 #                             built image), plus the shared libraries a glibc build needs
-#   dbconn.local/psql:dev     psql and busybox's sh: the demo and end-to-end tests' app
+#   dbconn.local/psql:dev     psql, busybox's sh and /bin/query-loop (testbed/images/): the demo
+#                             and end-to-end tests' app
 #   dbconn.local/pause:dev    the pod sandbox (busybox sleep; containerd kills it with SIGKILL)
 #
 #   scripts/bed-images.sh import SOCKET   build what is missing and import into containerd
@@ -85,7 +86,9 @@ build_all() {
   pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
   pg_version=$(dpkg-query -W -f='${Version}' libpq5 | tr ':~+' '___')
   local pause_archive="$IMAGES/pause-$busybox_version.tar"
-  local psql_archive="$IMAGES/psql-$pg_version-$busybox_version.tar"
+  local app_hash
+  app_hash=$(sha256sum testbed/images/query-loop.sh | cut -c1-12)
+  local psql_archive="$IMAGES/psql-$pg_version-$busybox_version-$app_hash.tar"
   root=$(mktemp -d)
   trap 'rm -rf "$root"' RETURN
   if [ ! -f "$pause_archive" ]; then
@@ -95,12 +98,14 @@ build_all() {
       --entrypoint '["/bin/busybox","sleep","2147483647"]'
   fi
   if [ ! -f "$psql_archive" ]; then
-    log "psql: libpq5 $pg_version with busybox sh"
+    log "psql: libpq5 $pg_version with busybox sh and query-loop"
+    find "$IMAGES" -maxdepth 1 -name 'psql-*.tar' -delete
     stage_users "$root/psql"
     mkdir -p "$root/psql/bin"
     cp /bin/busybox "$root/psql/bin/busybox"
     for applet in sh sleep echo date cat; do ln -s busybox "$root/psql/bin/$applet"; done
     stage "$root/psql" "$pg_bin/psql"
+    install -m 0755 testbed/images/query-loop.sh "$root/psql/bin/query-loop"
     ln -s "$pg_bin/psql" "$root/psql/bin/psql"
     build dbconn.local/psql:dev "$psql_archive" "$root/psql" \
       --user "$dockerfile_user" --env PATH=/bin --env HOME=/home/nonroot --entrypoint '["/bin/sh"]'

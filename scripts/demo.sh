@@ -137,18 +137,9 @@ spec:
         - name: web
           image: dbconn.local/psql:dev
           imagePullPolicy: Never
-          command:
-            - /bin/sh
-            - -c
-            - |
-              trap 'exit 0' TERM
-              while true; do
-                psql "$DATABASE_URL" -Atq <<'SQL'
-              SELECT current_user AS who, coalesce((SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl), 'no TLS') AS tls \gset
-              \echo query ran as :who via :HOST port :PORT, server connection :tls
-              SQL
-                sleep 5 & wait
-              done
+          # psql on DATABASE_URL every 5 s (testbed/images/query-loop.sh)
+          command: [query-loop]
+          env: [{name: QUERY_INTERVAL, value: "5"}]
 YAML
 kubectl -n shop rollout status deployment/web --timeout=120s
 web=$(kubectl -n shop get pods -l app=web --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}')

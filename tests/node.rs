@@ -1,7 +1,8 @@
 //! dbconn on a node, as a user installs it: `helm install` of the chart runs the operator as
 //! its two pods (leader election, the webhook behind its Service, the certificate issued and
 //! the caBundle patched inside the cluster, probes passing), and an app Deployment and a Job
-//! query PostgreSQL through their injected sidecars, over TLS, as the connection's role.
+//! query PostgreSQL through their injected sidecars, over TLS, as the connection's role (the
+//! app is testbed/images/query-loop.sh in the bed's psql image).
 //! Everything runs on the bed's node (testbed/src/node.rs, docs/testbed.md) from the images
 //! scripts/bed-images.sh built of this checkout.
 //!
@@ -21,18 +22,6 @@ use support::{
     READY, apply_yaml, bed, get, helm, install_crds, kubectl, kubectl_ok, namespace, secret,
     unique, wait_for,
 };
-
-/// The app: one query a second through `DATABASE_URL`, one log line each, naming the role,
-/// where psql connected (the sidecar) and the TLS of the server connection behind it.
-const APP_SCRIPT: &str = r#"trap 'exit 0' TERM
-while true; do
-  psql "$DATABASE_URL" -Atq <<'SQL'
-SELECT current_user AS who, coalesce((SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl), 'no TLS') AS tls \gset
-\echo query ran as :who via :HOST port :PORT, server connection :tls
-SQL
-  sleep 1 & wait
-done
-"#;
 
 /// Removes what the test installed: the app namespace (while the operator still runs, so
 /// its finalizers are handled), then the release and the DatabaseServer.
@@ -115,6 +104,19 @@ fn helm_install_runs_dbconn_on_the_node_and_apps_query_through_their_sidecars() 
             "{pod}: its readiness probe passes"
         );
     }
+    // Liveness passes too: nothing restarted by the time the app has run (checked below).
+    let restarts = |pods: &[String]| -> Vec<String> {
+        pods.iter()
+            .map(|p| {
+                get(
+                    &system,
+                    "pod",
+                    p,
+                    "{.status.containerStatuses[0].restartCount}",
+                )
+            })
+            .collect()
+    };
     // Leader election between the two pods.
     let holder = wait_lease(&system, &format!("{full}-operator"), &operators);
     // The operator issued the webhook certificate and patched the caBundle in the cluster.
@@ -180,8 +182,7 @@ fn helm_install_runs_dbconn_on_the_node_and_apps_query_through_their_sidecars() 
          \x20 selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata:\n\
          \x20     labels: {{app: web, dbconn.io/inject: \"true\"}}\n      annotations: {{dbconn.io/connections: orders}}\n\
          \x20   spec:\n      containers:\n      - name: web\n        image: {PSQL_IMAGE}\n        imagePullPolicy: Never\n\
-         \x20       command: [/bin/sh, -c, {script}]\n",
-        script = serde_json::to_string(APP_SCRIPT).expect("json"),
+         \x20       command: [query-loop]\n",
     ));
     let web = wait_pod(&app, "app=web", 120);
     let line = wait_log(&app, &web, "web", &format!("query ran as {role} "), 120);
@@ -208,6 +209,11 @@ fn helm_install_runs_dbconn_on_the_node_and_apps_query_through_their_sidecars() 
         "the sidecar started first ({sidecar_started} <= {app_started})"
     );
 
+    assert_eq!(
+        restarts(&operators),
+        ["0", "0"],
+        "the operator pods' liveness probes pass"
+    );
     startup_probe_gates_the_app(&app, &role, &line);
     job_with_the_sidecar_completes(&app, &role);
     killed_sidecar_restarts_and_the_app_reconnects(&app, &web, &role, node);
@@ -225,8 +231,7 @@ fn startup_probe_gates_the_app(app: &str, role: &str, ok_line: &str) {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: gated\n  namespace: {app}\n  labels: {{dbconn.io/inject: \"true\"}}\n\
          \x20 annotations: {{dbconn.io/connections: orders}}\nspec:\n  schedulingGates: [{{name: dbconn.io/e2e}}]\n\
          \x20 containers:\n  - name: app\n    image: {PSQL_IMAGE}\n\
-         \x20   imagePullPolicy: Never\n    command: [/bin/sh, -c, {script}]\n",
-        script = serde_json::to_string(APP_SCRIPT).expect("json"),
+         \x20   imagePullPolicy: Never\n    command: [query-loop]\n",
     ));
     let rejected = HbaReject::new(role);
     kubectl_ok(&[
