@@ -177,6 +177,7 @@ check_refusals() {
 webhook.timeoutSeconds=11|webhook.timeoutSeconds must be between 1 and 10
 webhook.failurePolicy=Sometimes|webhook.failurePolicy must be Fail or Ignore
 webhook.failureMode=maybe|webhook.failureMode must be deny or admit
+webhook.budgetMode=sometimes|webhook.budgetMode must be warn or refuse
 webhook.url=http://127.0.0.1:9443/mutate-pods|webhook.url must start with https://
 EOF
 }

@@ -45,6 +45,10 @@ struct WebhookArgs {
     /// deny: a pod that cannot get its sidecar is refused; admit: admitted with a warning.
     #[arg(long, env = "DBCONN_WEBHOOK_FAILURE_MODE", default_value = "deny", value_parser = ["deny", "admit"])]
     webhook_failure_mode: String,
+    /// warn: a pod whose sidecar would push a connection over its budget (status.budget) is
+    /// admitted with a warning; refuse: it is refused with the reason.
+    #[arg(long, env = "DBCONN_BUDGET_MODE", default_value = "warn", value_parser = ["warn", "refuse"])]
+    budget_mode: String,
     /// Connections one pod may name.
     #[arg(long, env = "DBCONN_MAX_CONNECTIONS_PER_POD", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
     max_connections_per_pod: u16,
@@ -103,6 +107,7 @@ impl WebhookArgs {
                 cpu_limit: set(self.pooler_cpu_limit),
                 memory_limit: set(self.pooler_memory_limit),
                 max_connections: usize::from(self.max_connections_per_pod),
+                refuse_over_budget: self.budget_mode == "refuse",
             },
         }))
     }

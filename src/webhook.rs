@@ -337,7 +337,19 @@ pub fn review(
     match inject::mutate(pod, &namespace, lookup, &settings.sidecar) {
         Ok(None) => (response, None),
         Ok(Some(patch)) => match response.clone().with_patch(patch) {
-            Ok(r) => (r, None),
+            Ok(mut r) => {
+                // webhook.budgetMode=warn: admitted, and kubectl shows why it may not fit.
+                let warnings = inject::over_budget(pod, lookup);
+                if !warnings.is_empty() {
+                    r.warnings = Some(
+                        warnings
+                            .into_iter()
+                            .map(|w| format!("dbconn: over the connection budget: {w}"))
+                            .collect(),
+                    );
+                }
+                (r, None)
+            }
             Err(e) => (response.deny(format!("dbconn: {e}")), None),
         },
         Err(why) => match settings.failure_mode {

@@ -11,7 +11,7 @@ use support::{
     unique, wait_for, wait_reason,
 };
 
-use dbconn::operator::secret::CA_MOUNT_PATH;
+use dbconn::operator::secret::mount_dir;
 use dbconn::postgres::url::encode;
 
 #[test]
@@ -287,7 +287,9 @@ fn names_at_the_limit_and_a_hostile_password_round_trip_through_the_secret() {
     assert_eq!(exists.trim(), "1", "the 63-byte role exists, not truncated");
     let select = format!("SELECT n FROM {}.\"Order Lines\"", quoted(&schema));
     let ca_path = encode(&bed().ca_cert.display().to_string());
-    let local = |uri: String| uri.replace(&encode(CA_MOUNT_PATH), &ca_path);
+    // The Secret names the CA where pods mount it; here the bed's file stands in.
+    let mounted = encode(&format!("{}/ca.crt", mount_dir("limits")));
+    let local = |uri: String| uri.replace(&mounted, &ca_path);
 
     // uri: psql decodes the percent-encoding and logs in.
     let uri = local(secret_value(&ns, "limits", "uri"));

@@ -31,6 +31,21 @@ fn crds_install_and_kubectl_explain_shows_the_field_docs() {
     assert!(explain.contains("The application's database"), "{explain}");
     let explain = kubectl_eventually(&["explain", "databaseserver.spec.tls.sslmode"], 60);
     assert!(explain.contains("verify-full"), "{explain}");
+    // The kinds themselves say what they are for, not derive boilerplate.
+    for (kind, says) in [
+        (
+            "databaseconnection",
+            "A PostgreSQL connection for the applications of one namespace",
+        ),
+        (
+            "databaseserver",
+            "A PostgreSQL server that a platform team registers",
+        ),
+    ] {
+        let top = kubectl_eventually(&["explain", kind], 60);
+        assert!(top.contains(says), "{top}");
+        assert!(!top.contains("Auto-generated"), "{top}");
+    }
     println!("kubectl explain databaseconnection.spec:\n{explain}");
 }
 
@@ -120,12 +135,39 @@ fn kubectl_get_shows_the_printer_columns() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "READY", "SERVER", "ROLE", "SECRET", "AGE"],
+        [
+            "NAME", "READY", "SERVER", "ROLE", "SECRET", "REASON", "AGE", "MESSAGE"
+        ],
         "{table}"
     );
     assert!(
         table.contains("app"),
         "the Role column shows spec.role.name:\n{table}"
+    );
+    // Reason and Message come from the Ready condition: why it is not Ready.
+    let name = table
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a row")
+        .to_owned();
+    kubectl_ok(&[
+        "patch",
+        "dbconn",
+        &name,
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"False","reason":"ServerUnreachable","message":"connection refused at db:5432: check spec.host","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#,
+    ]);
+    let table = kubectl_ok(&["get", "dbconn", "-n", &ns]);
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.contains("ServerUnreachable")
+            && row.ends_with("connection refused at db:5432: check spec.host"),
+        "{table}"
     );
     println!("kubectl get dbconn:\n{table}");
     let servers = kubectl_ok(&["get", "dbserver"]);
@@ -149,7 +191,7 @@ fn kubectl_get_shows_the_printer_columns() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "READY", "HOST", "VERSION", "AGE"],
+        ["NAME", "READY", "HOST", "VERSION", "REASON", "AGE"],
         "{servers}"
     );
     println!("kubectl get dbserver:\n{servers}");

@@ -81,6 +81,8 @@ fn helm_install_runs_dbconn_on_the_node_and_apps_query_through_their_sidecars() 
         "image.tag=dev",
         "--set",
         "image.pullPolicy=Never",
+        "--set",
+        "webhook.budgetMode=refuse",
         "--wait",
         "--timeout",
         "180s",
@@ -218,6 +220,7 @@ fn helm_install_runs_dbconn_on_the_node_and_apps_query_through_their_sidecars() 
     job_with_the_sidecar_completes(&app, &role);
     killed_sidecar_restarts_and_the_app_reconnects(&app, &web, &role, node);
     deleting_the_pod_stops_the_app_then_the_sidecar(&app, &web);
+    budget_refuses_a_pod_that_does_not_fit(&app, &installed.server);
     operator_rollout_loses_no_admission(&system, &release, &app);
     drop(installed);
 }
@@ -310,14 +313,24 @@ impl Drop for HbaReject {
     }
 }
 
-/// A Job's pod with the sidecar: its container's query runs, it exits, the kubelet stops
+/// The Job's container: a query through the sidecar (DATABASE_URL), then one straight to the
+/// server with the Secret's `direct-uri`, read from the Secret the webhook mounted in the
+/// container; its `sslrootcert` names the mounted CA, so verify-full holds only if the file is
+/// where the Secret says.
+const JOB_SCRIPT: &str = r#"set -e
+psql "$DATABASE_URL" -Atc "SELECT current_user"
+psql "$(cat /var/run/dbconn/orders/direct-uri)" -Atc "SELECT 'direct ' || current_user || ' TLS ' || ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+"#;
+
+/// A Job's pod with the sidecar: its container's queries run, it exits, the kubelet stops
 /// the sidecar (exit 0), and the Job completes.
 fn job_with_the_sidecar_completes(app: &str, role: &str) {
     apply_yaml(&format!(
         "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: report, namespace: {app}}}\nspec:\n  backoffLimit: 0\n  template:\n\
          \x20   metadata:\n      labels: {{dbconn.io/inject: \"true\"}}\n      annotations: {{dbconn.io/connections: orders}}\n\
          \x20   spec:\n      restartPolicy: Never\n      containers:\n      - name: report\n        image: {PSQL_IMAGE}\n\
-         \x20       imagePullPolicy: Never\n        command: [/bin/sh, -c, 'psql \"$DATABASE_URL\" -Atc \"SELECT current_user\"']\n",
+         \x20       imagePullPolicy: Never\n        command: [/bin/sh, -c, {script}]\n",
+        script = serde_json::to_string(JOB_SCRIPT).expect("json"),
     ));
     wait_for(
         "job",
@@ -335,7 +348,11 @@ fn job_with_the_sidecar_completes(app: &str, role: &str) {
         "the Job's sidecar stopped cleanly: {sidecar}"
     );
     let logs = kubectl_ok(&["logs", "-n", app, &pod, "-c", "report"]);
-    assert_eq!(logs.trim(), role, "the Job's query ran as the role");
+    assert_eq!(
+        logs.trim(),
+        format!("{role}\ndirect {role} TLS true"),
+        "the Job's query ran as the role, through the sidecar and then straight to the server"
+    );
 }
 
 /// SIGKILL to the sidecar's process inside a running pod (through the node's containerd):
@@ -485,6 +502,62 @@ fn deleting_the_pod_stops_the_app_then_the_sidecar(app: &str, web: &str) {
     assert!(
         !app_finished.is_empty() && app_finished <= sidecar_finished,
         "the app stopped first ({app_finished} <= {sidecar_finished})"
+    );
+}
+
+/// A connection whose role may open 6 server connections, with a pool of 5 per pod: the
+/// first pod fits (ConnectionBudget NearLimit, status.budget 5 of 6), the second is refused
+/// by the webhook (the chart's webhook.budgetMode=refuse) with the reason.
+fn budget_refuses_a_pod_that_does_not_fit(app: &str, server: &str) {
+    apply_yaml(&format!(
+        "apiVersion: dbconn.io/v1alpha1\nkind: DatabaseConnection\nmetadata: {{name: tight, namespace: {app}}}\nspec:\n\
+         \x20 serverRef: {server}\n  database: postgres\n  role: {{name: {app}_tight, connectionLimit: 6}}\n  access: readOnly\n\
+         \x20 pooler: {{enabled: true, poolSize: 5, port: 6440}}\n"
+    ));
+    wait_for("dbconn", app, "tight", READY, "True", 120);
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {app}\n  labels: {{dbconn.io/inject: \"true\"}}\n\
+             \x20 annotations: {{dbconn.io/connections: tight}}\nspec:\n  containers:\n  - name: app\n    image: {PSQL_IMAGE}\n\
+             \x20   imagePullPolicy: Never\n    command: [query-loop]\n"
+        )
+    };
+    apply_yaml(&pod("tight-1"));
+    let budget_reason = r#"{.status.conditions[?(@.type=="ConnectionBudget")].reason}"#;
+    wait_for("dbconn", app, "tight", budget_reason, "NearLimit", 60);
+    assert_eq!(
+        get(
+            app,
+            "dbconn",
+            "tight",
+            "{.status.budget.demand}/{.status.budget.limit}/{.status.budget.pods}"
+        ),
+        "5/6/1",
+        "one pod × poolSize 5 of the role's 6"
+    );
+    let path = std::env::temp_dir().join(format!("{}.yaml", unique("tight")));
+    std::fs::write(&path, pod("tight-2")).expect("pod file");
+    let out = kubectl(&["apply", "-f", path.to_str().expect("path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second pod does not fit: {stderr}");
+    assert!(
+        stderr.contains("does not fit the connection budget")
+            && stderr.contains("5 of the 6 allowed are taken"),
+        "the refusal says why: {stderr}"
+    );
+    let events = kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        app,
+        "--field-selector",
+        "reason=NearLimit",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.contains("CONNECTION LIMIT is 6"),
+        "a Warning Event: {events}"
     );
 }
 

@@ -23,7 +23,18 @@ use super::common::{Conditions, CredentialsSecretRef, SecretKeyRef, TlsSpec};
     printcolumn = r#"{"name": "Server", "type": "string", "jsonPath": ".status.server"}"#,
     printcolumn = r#"{"name": "Role", "type": "string", "jsonPath": ".spec.role.name"}"#,
     printcolumn = r#"{"name": "Secret", "type": "string", "jsonPath": ".status.secretName"}"#,
-    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name": "Message", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    doc = "A PostgreSQL connection for the applications of one namespace: a least-privilege role \
+           on a server (spec.serverRef names a cluster-scoped DatabaseServer, or spec.server gives \
+           one inline), the privileges it is granted (spec.access, spec.schemas, spec.grants), \
+           and the Secret (spec.secret) that holds what a client needs to connect. dbconn creates \
+           the role, grants exactly what is asked, logs in as the role to prove it, and writes \
+           the Secret; pods labelled dbconn.io/inject=true that name the connection in the \
+           dbconn.io/connections annotation get a pooling sidecar (spec.pooler). status.conditions \
+           say what holds (ServerReachable, Authorized, RoleReady, GrantsApplied, SecretReady, \
+           Ready) and, when something does not, what to fix."
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
@@ -97,6 +108,13 @@ pub struct DatabaseConnectionSpec {
     /// The pooling sidecar injected into pods that ask for this connection.
     #[serde(default)]
     pub pooler: PoolerSpec,
+    /// Server connections the applications open at most when they connect without the
+    /// pooler (1 to 100000): the demand the connection budget (status.budget) checks against
+    /// the role's CONNECTION LIMIT and the server's max_connections. With the pooler the
+    /// demand is counted: pods with the sidecar × pooler.poolSize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_connections: Option<i32>,
     /// What happens to the role when this resource is deleted: Retain (keep role and
     /// grants), Revoke (revoke what dbconn granted) or Delete (drop the role).
     #[serde(default)]
@@ -376,6 +394,33 @@ pub struct DatabaseConnectionStatus {
     /// sidecar (created while the webhook was unavailable, or admitted with a warning).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uninjected_pods: Vec<String>,
+    /// What the connection's clients may open on the server, against what the role and the
+    /// server allow (condition ConnectionBudget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<ConnectionBudget>,
+}
+
+/// The connection budget, in server connections.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionBudget {
+    /// What the clients may open: pods with the sidecar × pooler.poolSize, or
+    /// spec.maxConnections without the pooler; absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demand: Option<i64>,
+    /// Pods running this connection's sidecar.
+    #[serde(default)]
+    pub pods: i64,
+    /// The role's CONNECTION LIMIT; absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_limit: Option<i64>,
+    /// max_connections − superuser_reserved_connections − reserved_connections − what the
+    /// other dbconn connections on this server may open; absent until the server is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_available: Option<i64>,
+    /// The lower of roleLimit and serverAvailable: what the demand must fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
 }
 
 /// Counts of desired privileges the role has and lacks.

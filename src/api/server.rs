@@ -20,7 +20,14 @@ use super::common::{Conditions, CredentialsSecretRef, TlsSpec};
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name": "Host", "type": "string", "jsonPath": ".spec.host"}"#,
     printcolumn = r#"{"name": "Version", "type": "string", "jsonPath": ".status.serverVersion"}"#,
-    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    doc = "A PostgreSQL server that a platform team registers for the cluster: where it is \
+           (spec.host, spec.port), how dbconn verifies it (spec.tls: sslmode, CA, client \
+           certificate) and administers it (spec.adminSecretRef, a role with CREATEROLE), which \
+           namespaces may use it (spec.allowedNamespaces), and what each may ask for there \
+           (spec.tenants: databases, role names, schemas). DatabaseConnections name it in \
+           spec.serverRef; Secrets it references live in the operator's namespace."
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.tls.sslmode != 'verify-full' || size(self.host) > 0 || has(self.tls.serverName)").message(

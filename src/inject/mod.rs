@@ -33,6 +33,9 @@ pub struct Sidecar {
     pub cpu_limit: Option<String>,
     pub memory_limit: Option<String>,
     pub max_connections: usize,
+    /// Refuse a pod whose sidecar would not fit its connection's budget (status.budget);
+    /// otherwise it is admitted with a warning.
+    pub refuse_over_budget: bool,
 }
 
 /// What injection needs to know of one DatabaseConnection.
@@ -45,6 +48,8 @@ pub struct Target {
     pub pool_size: i32,
     /// `Err` with the reason when the connection is not Ready.
     pub ready: Result<(), String>,
+    /// The connection budget the operator last published.
+    pub budget: Option<crate::api::ConnectionBudget>,
 }
 
 impl Target {
@@ -68,8 +73,31 @@ impl Target {
             mode: c.spec.pooler.mode,
             pool_size: c.spec.pooler.pool_size,
             ready,
+            budget: c.status.as_ref().and_then(|s| s.budget.clone()),
         }
     }
+}
+
+/// Why this pod's sidecars do not fit their connections' budgets, one line per connection
+/// that it would push over its limit.
+pub fn over_budget(pod: &Pod, lookup: impl Fn(&str) -> Option<Target>) -> Vec<String> {
+    let has_sidecar = |name: &str| {
+        pod.spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .any(|c| c.name == container_name(name))
+    };
+    requested(pod)
+        .into_iter()
+        // A re-invocation for a pod that has its sidecar adds nothing.
+        .filter(|name| !has_sidecar(name))
+        .filter_map(|name| {
+            let t = lookup(&name)?;
+            let why =
+                crate::operator::budget::one_more_pod(t.budget.as_ref()?, i64::from(t.pool_size))?;
+            Some(format!("DatabaseConnection {name:?}: {why}"))
+        })
+        .collect()
 }
 
 /// The container (and volume) name for a connection's sidecar: a DNS label of at most 63
@@ -209,7 +237,10 @@ fn sidecar(pod: &Pod, connection: &str, t: &Target, s: &Sidecar) -> Container {
         // A native sidecar: started before the app's init containers, kept running.
         restart_policy: Some("Always".to_owned()),
         env: Some(vec![
-            env("DBCONN_SECRET_DIR", format!("{MOUNT_ROOT}/{connection}")),
+            env(
+                "DBCONN_SECRET_DIR",
+                crate::operator::secret::mount_dir(connection),
+            ),
             env("DBCONN_LISTEN", format!("127.0.0.1:{}", t.port)),
             // Probes come from the kubelet, on the pod IP.
             env("DBCONN_HTTP_ADDR", format!("0.0.0.0:{http}")),
@@ -248,7 +279,7 @@ fn sidecar(pod: &Pod, connection: &str, t: &Target, s: &Sidecar) -> Container {
         }),
         volume_mounts: Some(vec![VolumeMount {
             name,
-            mount_path: format!("{MOUNT_ROOT}/{connection}"),
+            mount_path: crate::operator::secret::mount_dir(connection),
             read_only: Some(true),
             ..Default::default()
         }]),
@@ -268,6 +299,14 @@ fn field(name: &str, path: &str) -> EnvVar {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Adds `mount` to a container unless it already mounts something at that path.
+fn add_mount(c: &mut Container, mount: &VolumeMount) {
+    let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+    if !mounts.iter().any(|m| m.mount_path == mount.mount_path) {
+        mounts.push(mount.clone());
     }
 }
 
@@ -337,6 +376,13 @@ pub fn mutate(
         }
         targets.push((name.clone(), t, var));
     }
+    if s.refuse_over_budget
+        && let Some(why) = over_budget(pod, &lookup).into_iter().next()
+    {
+        return Err(format!(
+            "the pod does not fit the connection budget: {why} (webhook.budgetMode=refuse)"
+        ));
+    }
 
     let mut out = pod.clone();
     let spec = out.spec.get_or_insert_with(Default::default);
@@ -362,7 +408,15 @@ pub fn mutate(
     // Sidecars first, in the annotation's order, so they start before everything else.
     init.splice(0..0, sidecars);
     let ours: BTreeSet<String> = targets.iter().map(|(n, _, _)| container_name(n)).collect();
-    for (_, t, var) in &targets {
+    for (name, t, var) in &targets {
+        // The Secret's files, read-only, where its values (sslrootcert, PGSSLROOTCERT, …)
+        // say: the direct-* keys reach the server with them.
+        let mount = VolumeMount {
+            name: container_name(name),
+            mount_path: crate::operator::secret::mount_dir(name),
+            read_only: Some(true),
+            ..Default::default()
+        };
         let env = EnvVar {
             name: var.clone(),
             value_from: Some(EnvVarSource {
@@ -377,9 +431,11 @@ pub fn mutate(
         };
         for c in init.iter_mut().filter(|c| !ours.contains(&c.name)) {
             add_env(c, &env);
+            add_mount(c, &mount);
         }
         for c in spec.containers.iter_mut() {
             add_env(c, &env);
+            add_mount(c, &mount);
         }
     }
     out.metadata
@@ -408,6 +464,7 @@ mod tests {
             cpu_limit: None,
             memory_limit: Some("64Mi".into()),
             max_connections: 2,
+            refuse_over_budget: false,
         }
     }
 
@@ -423,6 +480,7 @@ mod tests {
             } else {
                 Err("ServerUnreachable: connection refused".into())
             },
+            budget: None,
         }
     }
 
@@ -432,6 +490,17 @@ mod tests {
             "reports" => Some(target(6433, true)),
             "same-port" => Some(target(6432, true)),
             "broken" => Some(target(6434, false)),
+            // 4 pods × 5 of a role limit of 20: one more does not fit.
+            "full" => Some(Target {
+                budget: Some(crate::api::ConnectionBudget {
+                    demand: Some(20),
+                    pods: 4,
+                    role_limit: Some(20),
+                    server_available: Some(97),
+                    limit: Some(20),
+                }),
+                ..target(6436, true)
+            }),
             "no-pooler" => Some(Target {
                 pooler_enabled: false,
                 ..target(6435, true)
@@ -488,6 +557,44 @@ mod tests {
             );
         }
         assert!(cases >= 8, "only {cases} golden cases");
+    }
+
+    #[test]
+    fn a_pod_over_its_connection_budget_is_refused_or_warned_about() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "annotations": {CONNECTIONS: "full"}},
+            "spec": {"containers": [{"name": "app", "image": "app"}]}
+        }))
+        .expect("pod");
+        let warnings = over_budget(&pod, lookup);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0]
+                .contains("may open 5 more server connections, and 20 of the 20 allowed are taken"),
+            "{warnings:?}"
+        );
+        // warn (the default): injected, the webhook adds the warning.
+        assert!(matches!(
+            mutate(&pod, "shop", lookup, &sidecar_defaults()),
+            Ok(Some(_))
+        ));
+        let refuse = Sidecar {
+            refuse_over_budget: true,
+            ..sidecar_defaults()
+        };
+        let denied = mutate(&pod, "shop", lookup, &refuse).expect_err("refused");
+        assert!(
+            denied.contains("does not fit the connection budget"),
+            "{denied}"
+        );
+        // Within budget: admitted in refuse mode too.
+        let ok: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "annotations": {CONNECTIONS: "orders"}},
+            "spec": {"containers": [{"name": "app", "image": "app"}]}
+        }))
+        .expect("pod");
+        assert!(matches!(mutate(&ok, "shop", lookup, &refuse), Ok(Some(_))));
+        assert!(over_budget(&ok, lookup).is_empty());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! election, backoff, and the operations endpoint.
 
 mod backoff;
+pub mod budget;
 mod connection;
 mod error;
 mod leader;

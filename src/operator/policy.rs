@@ -280,6 +280,7 @@ mod tests {
             default_privileges_for: vec![],
             secret: Default::default(),
             pooler: Default::default(),
+            max_connections: None,
             deletion_policy: Default::default(),
         }
     }

@@ -1,5 +1,10 @@
 //! The connection Secret as data: every key an application reads, rendered from the
 //! connection's fields, plus user templates. Pure; the apply step lives in reconcile.rs.
+//!
+//! One truth: with the pooler on, every key an application reads (`uri`, `jdbc-uri`, `host`,
+//! `port`, `sslmode`, the `PG*` variables, `pgpass`) points at the sidecar on loopback; the
+//! `direct-*` keys always point at the server (migrations, tools that need a session).
+//! docs/secret.md lists every key and template variable.
 
 use std::collections::BTreeMap;
 
@@ -7,11 +12,17 @@ use super::template::{TemplateError, render_all};
 use crate::api::SslMode;
 use crate::postgres::url::encode;
 
-/// Where the chart mounts the Secret's `ca.crt` in the pod (PGSSLROOTCERT points here).
-pub const CA_MOUNT_PATH: &str = "/var/run/dbconn/ca.crt";
-/// Where the chart mounts the client certificate and key (PGSSLCERT, PGSSLKEY).
-pub const CERT_MOUNT_PATH: &str = "/var/run/dbconn/tls.crt";
-pub const KEY_MOUNT_PATH: &str = "/var/run/dbconn/tls.key";
+/// The host the sidecar listens on, in the pod.
+pub const POOLER_HOST: &str = "127.0.0.1";
+/// pgJDBC's SSL factory that verifies with Java's trust store (a server with a public CA).
+const JAVA_TRUST_STORE: &str = "org.postgresql.ssl.DefaultJavaSSLFactory";
+
+/// Where the webhook mounts a connection's Secret, read-only, in its sidecar and in every app
+/// container of the pod: the Secret's file paths (`sslrootcert`, `PGSSLROOTCERT`, …) name
+/// files in this folder.
+pub fn mount_dir(connection: &str) -> String {
+    format!("{}/{connection}", crate::inject::MOUNT_ROOT)
+}
 
 /// What a client needs to connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,12 +33,74 @@ pub struct Fields {
     pub username: String,
     pub password: String,
     pub sslmode: SslMode,
-    /// PEM of the CA that verifies the server, when one is used.
+    /// PEM of the CA that verifies the server, when one is given. Without it, a verifying
+    /// sslmode uses the client's system trust store (a server with a public CA).
     pub ca_pem: Option<String>,
     /// Client certificate and key PEM for mutual TLS, when the connection uses them.
     pub client_cert: Option<(String, String)>,
     /// Loopback port of the pooling sidecar, when enabled.
     pub pooler_port: Option<u16>,
+    /// Where pods have the Secret's files ([`mount_dir`]).
+    pub mount_dir: String,
+}
+
+/// Where a client connects: the sidecar (plain, it never leaves the pod) or the server.
+struct Target<'a> {
+    host: &'a str,
+    port: u16,
+    sslmode: SslMode,
+    direct: bool,
+}
+
+impl Fields {
+    fn server(&self) -> Target<'_> {
+        Target {
+            host: &self.host,
+            port: self.port,
+            sslmode: self.sslmode,
+            direct: true,
+        }
+    }
+
+    /// What applications use: the sidecar when the pooler is on, else the server.
+    fn app(&self) -> Target<'_> {
+        match self.pooler_port {
+            Some(port) => Target {
+                host: POOLER_HOST,
+                port,
+                sslmode: SslMode::Disable,
+                direct: false,
+            },
+            None => self.server(),
+        }
+    }
+
+    fn file(&self, name: &str) -> String {
+        format!("{}/{name}", self.mount_dir)
+    }
+
+    /// The root certificate setting for the server: the mounted CA, `system` (libpq 16+:
+    /// the system trust store) for a verifying sslmode without a CA, or none.
+    fn sslrootcert(&self) -> Option<String> {
+        match (&self.ca_pem, self.sslmode) {
+            (Some(_), _) => Some(self.file("ca.crt")),
+            (None, SslMode::VerifyCa | SslMode::VerifyFull) => Some("system".to_owned()),
+            (None, _) => None,
+        }
+    }
+
+    /// libpq's TLS file parameters for the server, as (name, value).
+    fn tls_files(&self) -> Vec<(&'static str, String)> {
+        let mut params = Vec::new();
+        if let Some(root) = self.sslrootcert() {
+            params.push(("sslrootcert", root));
+        }
+        if self.client_cert.is_some() {
+            params.push(("sslcert", self.file("tls.crt")));
+            params.push(("sslkey", self.file("tls.key")));
+        }
+        params
+    }
 }
 
 fn host_in_url(host: &str) -> String {
@@ -38,132 +111,157 @@ fn host_in_url(host: &str) -> String {
     }
 }
 
-/// The TLS file parameters of a URL going straight to the server.
-fn tls_params(f: &Fields) -> String {
-    let mut s = String::new();
-    if f.ca_pem.is_some() {
-        s.push_str(&format!("&sslrootcert={}", encode(CA_MOUNT_PATH)));
-    }
-    if f.client_cert.is_some() {
-        s.push_str(&format!(
-            "&sslcert={}&sslkey={}",
-            encode(CERT_MOUNT_PATH),
-            encode(KEY_MOUNT_PATH)
-        ));
-    }
-    s
-}
-
-fn uri(f: &Fields, host: &str, port: u16, sslmode: SslMode, direct: bool) -> String {
+fn uri(f: &Fields, t: &Target) -> String {
     let mut s = format!(
-        "postgresql://{}:{}@{}:{port}/{}?sslmode={}",
+        "postgresql://{}:{}@{}:{}/{}?sslmode={}",
         encode(&f.username),
         encode(&f.password),
-        host_in_url(host),
+        host_in_url(t.host),
+        t.port,
         encode(&f.dbname),
-        sslmode.as_str()
+        t.sslmode.as_str()
     );
-    if direct {
-        s.push_str(&tls_params(f));
+    if t.direct {
+        for (name, value) in f.tls_files() {
+            s.push_str(&format!("&{name}={}", encode(&value)));
+        }
     }
     s
 }
 
-fn jdbc_uri(f: &Fields) -> String {
+/// pgJDBC's URL (<https://jdbc.postgresql.org/documentation/use/>): a server without a CA
+/// file is verified with Java's trust store.
+fn jdbc_uri(f: &Fields, t: &Target) -> String {
     let mut s = format!(
         "jdbc:postgresql://{}:{}/{}?user={}&password={}&sslmode={}",
-        host_in_url(&f.host),
-        f.port,
+        host_in_url(t.host),
+        t.port,
         encode(&f.dbname),
         encode(&f.username),
         encode(&f.password),
-        f.sslmode.as_str()
+        t.sslmode.as_str()
     );
-    s.push_str(&tls_params(f));
+    if t.direct {
+        for (name, value) in f.tls_files() {
+            if value == "system" {
+                s.push_str(&format!("&sslfactory={JAVA_TRUST_STORE}"));
+            } else {
+                s.push_str(&format!("&{name}={}", encode(&value)));
+            }
+        }
+    }
     s
 }
 
 /// A .pgpass line: `:` and `\` escaped with a backslash.
-fn pgpass(host: &str, port: u16, f: &Fields) -> String {
+fn pgpass(f: &Fields, t: &Target) -> String {
     let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
     format!(
-        "{}:{port}:{}:{}:{}\n",
-        esc(host),
+        "{}:{}:{}:{}:{}\n",
+        esc(t.host),
+        t.port,
         esc(&f.dbname),
         esc(&f.username),
         esc(&f.password)
     )
 }
 
-/// Every key of the Secret. With the pooler, `uri`, `pgpass` and the PG* keys point at the
-/// sidecar on loopback (plain: it never leaves the pod) and `direct-uri` at the server.
+/// Every key of the Secret (docs/secret.md), then the user's templates.
 pub fn render(
     f: &Fields,
     templates: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, TemplateError> {
-    let direct = uri(f, &f.host, f.port, f.sslmode, true);
-    let (host, port, sslmode, to_server) = match f.pooler_port {
-        Some(p) => ("127.0.0.1".to_owned(), p, SslMode::Disable, false),
-        None => (f.host.clone(), f.port, f.sslmode, true),
-    };
+    let (app, server) = (f.app(), f.server());
     let mut data = BTreeMap::from([
-        ("uri".to_owned(), uri(f, &host, port, sslmode, to_server)),
-        ("jdbc-uri".to_owned(), jdbc_uri(f)),
-        ("host".to_owned(), f.host.clone()),
-        ("port".to_owned(), f.port.to_string()),
+        ("uri".to_owned(), uri(f, &app)),
+        ("jdbc-uri".to_owned(), jdbc_uri(f, &app)),
+        ("host".to_owned(), app.host.to_owned()),
+        ("port".to_owned(), app.port.to_string()),
+        ("sslmode".to_owned(), app.sslmode.as_str().to_owned()),
         ("dbname".to_owned(), f.dbname.clone()),
         ("username".to_owned(), f.username.clone()),
         ("password".to_owned(), f.password.clone()),
-        ("sslmode".to_owned(), f.sslmode.as_str().to_owned()),
-        ("pgpass".to_owned(), pgpass(&host, port, f)),
-        ("PGHOST".to_owned(), host.clone()),
-        ("PGPORT".to_owned(), port.to_string()),
+        ("pgpass".to_owned(), pgpass(f, &app)),
+        ("PGHOST".to_owned(), app.host.to_owned()),
+        ("PGPORT".to_owned(), app.port.to_string()),
         ("PGDATABASE".to_owned(), f.dbname.clone()),
         ("PGUSER".to_owned(), f.username.clone()),
         ("PGPASSWORD".to_owned(), f.password.clone()),
-        ("PGSSLMODE".to_owned(), sslmode.as_str().to_owned()),
+        ("PGSSLMODE".to_owned(), app.sslmode.as_str().to_owned()),
+        ("direct-uri".to_owned(), uri(f, &server)),
+        ("direct-jdbc-uri".to_owned(), jdbc_uri(f, &server)),
+        ("direct-host".to_owned(), server.host.to_owned()),
+        ("direct-port".to_owned(), server.port.to_string()),
+        (
+            "direct-sslmode".to_owned(),
+            server.sslmode.as_str().to_owned(),
+        ),
     ]);
-    if f.pooler_port.is_some() {
-        data.insert("direct-uri".to_owned(), direct.clone());
+    if let Some(root) = f.sslrootcert() {
+        data.insert("direct-sslrootcert".to_owned(), root.clone());
+        if app.direct {
+            data.insert("PGSSLROOTCERT".to_owned(), root);
+        }
     }
     if let Some(ca_pem) = &f.ca_pem {
         data.insert("ca.crt".to_owned(), ca_pem.clone());
-        if to_server {
-            data.insert("PGSSLROOTCERT".to_owned(), CA_MOUNT_PATH.to_owned());
-        }
     }
     if let Some((cert, key)) = &f.client_cert {
         data.insert("tls.crt".to_owned(), cert.clone());
         data.insert("tls.key".to_owned(), key.clone());
-        if to_server {
-            data.insert("PGSSLCERT".to_owned(), CERT_MOUNT_PATH.to_owned());
-            data.insert("PGSSLKEY".to_owned(), KEY_MOUNT_PATH.to_owned());
+        if app.direct {
+            data.insert("PGSSLCERT".to_owned(), f.file("tls.crt"));
+            data.insert("PGSSLKEY".to_owned(), f.file("tls.key"));
         }
     }
     if let Some(key) = templates
         .keys()
-        .find(|k| data.contains_key(*k) || *k == "direct-uri")
+        .find(|k| data.contains_key(*k) || RESERVED.contains(&k.as_str()))
     {
         return Err(TemplateError::ReservedKey { key: key.clone() });
     }
     if !templates.is_empty() {
         use minijinja::Value;
-        let vars = BTreeMap::from([
-            ("uri", Value::from(data["uri"].clone())),
-            ("direct_uri", Value::from(direct)),
-            ("jdbc_uri", Value::from(data["jdbc-uri"].clone())),
-            ("host", Value::from(f.host.clone())),
-            ("port", Value::from(f.port)),
+        let string = |k: &str| Value::from(data[k].clone());
+        let mut vars = BTreeMap::from([
+            ("uri", string("uri")),
+            ("jdbc_uri", string("jdbc-uri")),
+            ("host", Value::from(app.host)),
+            ("port", Value::from(app.port)),
+            ("sslmode", Value::from(app.sslmode.as_str())),
+            ("direct_uri", string("direct-uri")),
+            ("direct_jdbc_uri", string("direct-jdbc-uri")),
+            ("server_host", Value::from(server.host)),
+            ("server_port", Value::from(server.port)),
+            ("server_sslmode", Value::from(server.sslmode.as_str())),
             ("dbname", Value::from(f.dbname.clone())),
             ("database", Value::from(f.dbname.clone())),
             ("username", Value::from(f.username.clone())),
             ("password", Value::from(f.password.clone())),
-            ("sslmode", Value::from(f.sslmode.as_str())),
         ]);
+        // Undefined (an error naming the key, templates are strict) when there is none.
+        if let Some(port) = f.pooler_port {
+            vars.insert("pooler_host", Value::from(POOLER_HOST));
+            vars.insert("pooler_port", Value::from(port));
+        }
+        if let Some(root) = f.sslrootcert() {
+            vars.insert("sslrootcert", Value::from(root));
+        }
         data.extend(render_all(templates, &vars)?);
     }
     Ok(data)
 }
+
+/// Keys dbconn may write that a template must not take, besides those of this connection.
+const RESERVED: &[&str] = &[
+    "ca.crt",
+    "tls.crt",
+    "tls.key",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "direct-sslrootcert",
+];
 
 /// The size of a Secret's data as Kubernetes counts it (keys and values), in bytes.
 pub fn data_size(data: &BTreeMap<String, String>) -> usize {
@@ -203,8 +301,11 @@ mod tests {
             ca_pem: Some("-----BEGIN CERTIFICATE-----\n".into()),
             client_cert: None,
             pooler_port: None,
+            mount_dir: mount_dir("orders"),
         }
     }
+
+    const CA_FILE: &str = "/var/run/dbconn/orders/ca.crt";
 
     #[test]
     fn a_hostile_password_round_trips_through_uri_jdbc_and_pgpass() {
@@ -224,44 +325,142 @@ mod tests {
             data["pgpass"],
             "db.internal:5432:orders:Shop User:p@ss\\:/?#%'\"\\\\ w0rd\n"
         );
-        assert_eq!(data["PGSSLROOTCERT"], CA_MOUNT_PATH);
+        assert_eq!(data["PGSSLROOTCERT"], CA_FILE);
+    }
+
+    /// (key, value) pairs of a URL's query.
+    fn query(url: &str) -> BTreeMap<String, String> {
+        let (_, q) = url.split_once('?').unwrap();
+        q.split('&')
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap();
+                let v = percent_encoding::percent_decode_str(v)
+                    .decode_utf8()
+                    .unwrap();
+                (k.to_owned(), v.into_owned())
+            })
+            .collect()
     }
 
     #[test]
-    fn with_the_pooler_uri_points_at_the_sidecar_and_direct_uri_at_the_server() {
+    fn with_the_pooler_every_key_an_app_reads_names_the_sidecar_and_direct_keys_the_server() {
         let mut f = fields("pw");
-        f.pooler_port = Some(6432);
+        f.pooler_port = Some(6433);
+        f.client_cert = Some(("CERT".into(), "KEY".into()));
         let data = render(&f, &BTreeMap::new()).unwrap();
         assert!(
             data["uri"]
-                .starts_with("postgresql://Shop%20User:pw@127.0.0.1:6432/orders?sslmode=disable"),
+                .starts_with("postgresql://Shop%20User:pw@127.0.0.1:6433/orders?sslmode=disable"),
             "{}",
             data["uri"]
         );
-        assert!(data["direct-uri"].contains("@db.internal:5432/"));
-        assert_eq!(data["PGHOST"], "127.0.0.1");
-        assert!(!data.contains_key("PGSSLROOTCERT"));
+        assert!(
+            data["jdbc-uri"].starts_with("jdbc:postgresql://127.0.0.1:6433/orders?"),
+            "{}",
+            data["jdbc-uri"]
+        );
+        assert_eq!(query(&data["jdbc-uri"])["sslmode"], "disable");
+        for (key, want) in [
+            ("host", "127.0.0.1"),
+            ("port", "6433"),
+            ("sslmode", "disable"),
+            ("PGHOST", "127.0.0.1"),
+            ("PGPORT", "6433"),
+            ("PGSSLMODE", "disable"),
+            ("pgpass", "127.0.0.1:6433:orders:Shop User:pw\n"),
+            ("direct-host", "db.internal"),
+            ("direct-port", "5432"),
+            ("direct-sslmode", "verify-full"),
+            ("direct-sslrootcert", CA_FILE),
+        ] {
+            assert_eq!(data[key], want, "{key}");
+        }
+        // The sidecar speaks plain on loopback: no TLS file settings for it.
+        for key in ["PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY"] {
+            assert!(!data.contains_key(key), "{key} with the pooler on");
+        }
+        assert!(!data["uri"].contains("sslcert"), "{}", data["uri"]);
+        let direct = query(&data["direct-uri"]);
+        assert_eq!(direct["sslrootcert"], CA_FILE);
+        assert_eq!(direct["sslkey"], "/var/run/dbconn/orders/tls.key");
+        assert!(data["direct-uri"].contains("@db.internal:5432/orders?"));
+        let direct_jdbc = query(&data["direct-jdbc-uri"]);
+        assert_eq!(direct_jdbc["sslrootcert"], CA_FILE);
+        assert_eq!(direct_jdbc["sslmode"], "verify-full");
     }
 
     #[test]
-    fn a_client_certificate_is_carried_with_its_mount_paths() {
+    fn without_the_pooler_app_and_direct_keys_agree_and_name_the_mounted_files() {
         let mut f = fields("pw");
         f.client_cert = Some(("CERT".into(), "KEY".into()));
         let data = render(&f, &BTreeMap::new()).unwrap();
         assert_eq!(data["tls.crt"], "CERT");
         assert_eq!(data["tls.key"], "KEY");
-        assert_eq!(data["PGSSLKEY"], KEY_MOUNT_PATH);
-        assert!(data["uri"].contains("&sslcert="), "{}", data["uri"]);
-        assert!(
-            data["jdbc-uri"].contains("&sslkey="),
-            "{}",
-            data["jdbc-uri"]
+        assert_eq!(data["uri"], data["direct-uri"]);
+        assert_eq!(data["jdbc-uri"], data["direct-jdbc-uri"]);
+        assert_eq!(data["host"], data["direct-host"]);
+        assert_eq!(data["PGSSLKEY"], "/var/run/dbconn/orders/tls.key");
+        assert_eq!(data["PGSSLCERT"], "/var/run/dbconn/orders/tls.crt");
+        assert_eq!(
+            query(&data["jdbc-uri"])["sslkey"],
+            "/var/run/dbconn/orders/tls.key"
         );
-        f.pooler_port = Some(6432);
+    }
+
+    #[test]
+    fn a_public_ca_server_is_verified_with_the_system_trust_store() {
+        for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+            let mut f = fields("pw");
+            f.ca_pem = None;
+            f.sslmode = mode;
+            let data = render(&f, &BTreeMap::new()).unwrap();
+            assert_eq!(query(&data["uri"])["sslrootcert"], "system", "{mode:?}");
+            assert_eq!(data["PGSSLROOTCERT"], "system");
+            let jdbc = query(&data["jdbc-uri"]);
+            assert_eq!(
+                jdbc["sslfactory"],
+                "org.postgresql.ssl.DefaultJavaSSLFactory"
+            );
+            assert!(!jdbc.contains_key("sslrootcert"));
+            assert!(!data.contains_key("ca.crt"));
+        }
+        // Not verifying: no root certificate setting at all.
+        let mut f = fields("pw");
+        f.ca_pem = None;
+        f.sslmode = SslMode::Require;
         let data = render(&f, &BTreeMap::new()).unwrap();
-        assert!(!data["uri"].contains("sslcert"), "the sidecar speaks plain");
-        assert!(data["direct-uri"].contains("sslkey="));
-        assert!(!data.contains_key("PGSSLCERT"));
+        assert!(!data["uri"].contains("sslrootcert"), "{}", data["uri"]);
+        assert!(!data.contains_key("PGSSLROOTCERT"));
+    }
+
+    #[test]
+    fn templates_see_both_the_sidecar_and_the_server() {
+        let mut f = fields("p@ss word");
+        f.pooler_port = Some(6432);
+        let t = BTreeMap::from([
+            (
+                "SQLALCHEMY_URL".to_owned(),
+                "postgresql+asyncpg://{{ username|urlencode }}:{{ password|urlencode }}@{{ pooler_host }}:{{ pooler_port }}/{{ dbname|urlencode }}".to_owned(),
+            ),
+            (
+                "MIGRATE".to_owned(),
+                "{{ server_host }}:{{ server_port }} {{ server_sslmode }} {{ sslrootcert }}".to_owned(),
+            ),
+            ("APP".to_owned(), "{{ host }}:{{ port }} {{ sslmode }}".to_owned()),
+        ]);
+        let data = render(&f, &t).unwrap();
+        assert_eq!(
+            data["SQLALCHEMY_URL"],
+            "postgresql+asyncpg://Shop%20User:p%40ss%20word@127.0.0.1:6432/orders"
+        );
+        assert_eq!(
+            data["MIGRATE"],
+            format!("db.internal:5432 verify-full {CA_FILE}")
+        );
+        assert_eq!(data["APP"], "127.0.0.1:6432 disable");
+        // Without the pooler its variables are undefined: an error naming the key.
+        let err = render(&fields("pw"), &t).unwrap_err();
+        assert_eq!(err.key(), "SQLALCHEMY_URL");
     }
 
     #[test]

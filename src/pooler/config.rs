@@ -108,9 +108,23 @@ pub struct Overrides {
     pub server_name: Option<String>,
 }
 
-/// The Secret keys the pooler reads.
-pub const SECRET_KEYS: [&str; 9] = [
-    "host", "port", "dbname", "username", "password", "sslmode", "ca.crt", "tls.crt", "tls.key",
+/// The Secret keys the pooler reads. The server's address is `direct-host`, `direct-port`
+/// and `direct-sslmode` (with the pooler on, `host`, `port` and `sslmode` name the sidecar
+/// itself, docs/secret.md); a Secret without them (written before they existed, or by hand)
+/// gives `host`, `port` and `sslmode`.
+pub const SECRET_KEYS: [&str; 12] = [
+    "direct-host",
+    "direct-port",
+    "direct-sslmode",
+    "host",
+    "port",
+    "dbname",
+    "username",
+    "password",
+    "sslmode",
+    "ca.crt",
+    "tls.crt",
+    "tls.key",
 ];
 
 /// Reads the Secret's files that exist (a missing directory is an error; a missing key is not).
@@ -159,10 +173,14 @@ pub fn upstream(files: &BTreeMap<String, Vec<u8>>, o: &Overrides) -> Result<Upst
             )
         })
     };
-    let host = required(o.host.clone().or(text("host")?), "host", "--host")?;
+    // The server's own key when the Secret has it, else the plain one.
+    let server = |key: &str| -> Result<Option<String>, ConfigError> {
+        Ok(text(&format!("direct-{key}"))?.or(text(key)?))
+    };
+    let host = required(o.host.clone().or(server("host")?), "host", "--host")?;
     let port = match o.port {
         Some(p) => p,
-        None => match text("port")? {
+        None => match server("port")? {
             Some(p) => p
                 .trim()
                 .parse::<u16>()
@@ -177,7 +195,7 @@ pub fn upstream(files: &BTreeMap<String, Vec<u8>>, o: &Overrides) -> Result<Upst
     let password = o.password.clone().or(text("password")?).unwrap_or_default();
     let sslmode = match o.sslmode {
         Some(m) => m,
-        None => match text("sslmode")? {
+        None => match server("sslmode")? {
             Some(m) => m.trim().parse().map_err(|e: String| bad("sslmode", e))?,
             None => SslMode::VerifyFull,
         },
@@ -254,6 +272,25 @@ mod tests {
         );
         assert_eq!(u.password, "p@ss word");
         assert_eq!(u.sslmode, SslMode::Require);
+    }
+
+    #[test]
+    fn with_the_pooler_on_the_server_is_the_direct_keys_not_the_sidecar() {
+        let f = files(&[
+            ("host", "127.0.0.1"),
+            ("port", "6432"),
+            ("sslmode", "disable"),
+            ("direct-host", "db.internal"),
+            ("direct-port", "5433"),
+            ("direct-sslmode", "verify-full"),
+            ("dbname", "orders"),
+            ("username", "app"),
+        ]);
+        let u = upstream(&f, &Overrides::default()).unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.sslmode),
+            ("db.internal", 5433, SslMode::VerifyFull)
+        );
     }
 
     #[test]

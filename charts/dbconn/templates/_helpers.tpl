@@ -105,6 +105,9 @@ rather than at admission time.
 {{- if not (has .Values.webhook.failureMode (list "deny" "admit")) }}
 {{- fail (printf "webhook.failureMode must be deny or admit, got %q" .Values.webhook.failureMode) }}
 {{- end }}
+{{- if not (has .Values.webhook.budgetMode (list "warn" "refuse")) }}
+{{- fail (printf "webhook.budgetMode must be warn or refuse, got %q" .Values.webhook.budgetMode) }}
+{{- end }}
 {{- if not (has .Values.logFormat (list "text" "json")) }}
 {{- fail (printf "logFormat must be text or json, got %q" .Values.logFormat) }}
 {{- end }}

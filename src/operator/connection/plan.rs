@@ -8,7 +8,7 @@ use super::dereference::Refs;
 use super::{Failed, at};
 use crate::api::DatabaseConnection;
 use crate::operator::Error;
-use crate::operator::secret::{Fields, data_size, render};
+use crate::operator::secret::{Fields, data_size, mount_dir, render};
 use crate::operator::status::{GRANTS_APPLIED, ROLE_READY, SECRET_READY};
 use crate::operator::template::SECRET_LIMIT;
 use crate::postgres::privileges::{self, Catalog, Desired};
@@ -83,6 +83,7 @@ pub fn secret(conn: &DatabaseConnection, refs: &Refs) -> Result<BTreeMap<String,
             .pooler
             .enabled
             .then(|| u16::try_from(spec.pooler.port).unwrap_or(6432)),
+        mount_dir: mount_dir(conn.metadata.name.as_deref().unwrap_or_default()),
     };
     let data = render(&fields, &spec.secret.template)?;
     let size = data_size(&data);

@@ -10,7 +10,10 @@ use tokio_postgres::Client;
 
 use super::Failed;
 use super::apply::MANAGER;
-use crate::api::{DatabaseConnection, DatabaseConnectionStatus, PrivilegeSummary};
+use crate::api::{
+    ConnectionBudget, DatabaseConnection, DatabaseConnectionStatus, PrivilegeSummary,
+};
+use crate::operator::budget::{self, CONNECTION_BUDGET, ServerLimits};
 use crate::operator::resolve::Resolved;
 use crate::operator::status::{self, Cond, READY, SERVER_REACHABLE};
 use crate::operator::{Context, Error};
@@ -27,12 +30,15 @@ pub struct Report {
     pub version: Option<String>,
     pub secret_name: Option<String>,
     pub privileges: Option<PrivilegeSummary>,
+    /// max_connections and the reserved slots, read at the admin login.
+    pub server_limits: Option<ServerLimits>,
 }
 
 impl Report {
     /// Records the server reached: its version, and how (TLS or not, sslmode).
     pub async fn connected(&mut self, resolved: &Resolved, s: &Session) {
         self.version = server_version(&s.client).await;
+        self.server_limits = server_limits(&s.client).await;
         self.done.push(Cond::ok(
             SERVER_REACHABLE,
             "Connected",
@@ -55,6 +61,77 @@ async fn server_version(client: &Client) -> Option<String> {
         .map(|r| r.get::<_, String>(0))
 }
 
+/// max_connections and the slots reserved for superusers and pg_use_reserved_connections
+/// (PostgreSQL 16+; absent before), PostgreSQL docs 19.3.1.
+async fn server_limits(client: &Client) -> Option<ServerLimits> {
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.current_setting('max_connections')::pg_catalog.int8, \
+             pg_catalog.current_setting('superuser_reserved_connections')::pg_catalog.int8 \
+             + coalesce(pg_catalog.current_setting('reserved_connections', true)::pg_catalog.int8, 0)",
+            &[],
+        )
+        .await
+        .ok()?;
+    Some(ServerLimits {
+        max_connections: row.get(0),
+        reserved: row.get(1),
+    })
+}
+
+/// The connection budget of `conn` from what this run read and the operator's caches.
+fn budget(conn: &DatabaseConnection, ctx: &Context, r: &Report) -> (ConnectionBudget, Cond) {
+    let spec = &conn.spec;
+    let (ns, name, uid) = (conn.namespace(), conn.name_any(), conn.uid());
+    let sidecar = crate::inject::container_name(&name);
+    let pods = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == ns && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .filter(|p| {
+            p.spec
+                .iter()
+                .flat_map(|s| s.init_containers.iter().flatten())
+                .any(|c| c.name == sidecar)
+        })
+        .count();
+    let others = match &r.server {
+        Some(server) => ctx
+            .connections
+            .state()
+            .iter()
+            .filter(|c| c.uid() != uid)
+            .filter_map(|c| c.status.as_ref())
+            .filter(|s| s.server.as_ref() == Some(server))
+            .filter_map(|s| s.budget.as_ref())
+            .map(budget::share)
+            .sum(),
+        None => 0,
+    };
+    budget::assess(&budget::Inputs {
+        pods: i64::try_from(pods).unwrap_or(i64::MAX),
+        pool_size: spec
+            .pooler
+            .enabled
+            .then_some(i64::from(spec.pooler.pool_size)),
+        declared: spec.max_connections.map(i64::from),
+        role_limit: spec
+            .role
+            .connection_limit
+            .filter(|l| *l >= 0)
+            .map(i64::from),
+        server: r.server_limits,
+        others,
+    })
+}
+
 /// Publishes the run's status and the Event of a Ready transition, and says when to look
 /// again.
 pub async fn finish(
@@ -70,12 +147,15 @@ pub async fn finish(
             Cond::unknown(READY, ""),
         ),
     };
-    let wanted = status::pipeline(std::mem::take(&mut report.done), failure, ready);
+    let mut wanted = status::pipeline(std::mem::take(&mut report.done), failure, ready);
     let ready_now = wanted.iter().find(|c| c.type_ == READY).cloned();
-    publish_status(conn, ctx, report, &wanted).await?;
+    let (budget, budget_cond) = budget(conn, ctx, &report);
+    wanted.push(budget_cond.clone());
+    publish_status(conn, ctx, report, budget, &wanted).await?;
     if let Some(ready) = ready_now {
         announce(conn, ctx, &ready).await;
     }
+    warn_budget(conn, ctx, &budget_cond).await;
     match outcome {
         // ±10 %: connections created together do not all re-validate in the same second.
         Ok(ready) if ready.ok == Some(true) => Ok(Action::requeue(
@@ -86,10 +166,33 @@ pub async fn finish(
     }
 }
 
+/// A Warning Event when the budget condition turns NearLimit or BudgetExceeded.
+async fn warn_budget(conn: &DatabaseConnection, ctx: &Context, cond: &Cond) {
+    if !matches!(cond.reason.as_str(), "NearLimit" | "BudgetExceeded") {
+        return;
+    }
+    let before = conn
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONNECTION_BUDGET))
+        .map(|c| c.reason.as_str());
+    if before != Some(cond.reason.as_str()) {
+        publish(
+            conn,
+            ctx,
+            EventType::Warning,
+            &cond.reason,
+            cond.message.clone(),
+        )
+        .await;
+    }
+}
+
 async fn publish_status(
     conn: &DatabaseConnection,
     ctx: &Context,
     r: Report,
+    budget: ConnectionBudget,
     wanted: &[Cond],
 ) -> Result<(), Error> {
     let current = conn
@@ -105,6 +208,7 @@ async fn publish_status(
         secret_name: r.secret_name,
         privileges: r.privileges,
         uninjected_pods: uninjected(conn, ctx),
+        budget: Some(budget),
     };
     if conn.status.as_ref() == Some(&status) {
         return Ok(());
