@@ -3,7 +3,8 @@
 # ${DBCONN_CACHE:-~/.cache/dbconn}/drivers, idempotently: each kind is redone only when its pinned
 # versions or its program changed (a stamp holds their hash).
 #   node/    node-postgres and Postgres.js (npm ci of tests/drivers/node/package-lock.json)
-#   python/  a venv with psycopg[binary] and asyncpg (tests/drivers/python/requirements.txt)
+#   python/  a venv with psycopg[binary], asyncpg, SQLAlchemy, Django and dj-database-url
+#            (tests/drivers/python/requirements.txt; the last three for tests/frameworks.rs)
 #   go/      the pgx program, built (modules from the Go module proxy, tests/drivers/go/go.sum)
 #   java/    pgJDBC from Maven Central and the compiled scenario
 set -euo pipefail
@@ -32,7 +33,7 @@ if fresh node $src/node/package.json $src/node/package-lock.json; then
 fi
 
 if fresh python $src/python/requirements.txt; then
-  log "psycopg and asyncpg from PyPI"
+  log "psycopg, asyncpg, SQLAlchemy, Django and dj-database-url from PyPI"
   python3 -m venv "$out/python"
   "$out/python/bin/python" -m pip install -q --only-binary=:all: -r $src/python/requirements.txt >&2
   done_kind python

@@ -153,6 +153,107 @@ fn jdbc_uri(f: &Fields, t: &Target) -> String {
     s
 }
 
+/// Spring Boot's `SPRING_DATASOURCE_URL`: the JDBC URL without credentials (Spring passes
+/// `SPRING_DATASOURCE_USERNAME` and `_PASSWORD` separately).
+fn spring_url(f: &Fields, t: &Target) -> String {
+    let full = jdbc_uri(f, t);
+    let (base, query) = full.split_once('?').unwrap_or((&full, ""));
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.starts_with("user=") && !p.starts_with("password="))
+        .collect();
+    format!("{base}?{}", rest.join("&"))
+}
+
+/// Npgsql's keyword connection string
+/// (<https://www.npgsql.org/doc/connection-string-parameters.html>):
+/// `Host=…;Port=…;Database=…;Username=…;Password=…;SSL Mode=…`, TLS files as
+/// `Root Certificate`, `SSL Certificate` and `SSL Key`. A value other than plain letters,
+/// digits and `._-/:` is double-quoted with inner double quotes doubled (the ADO.NET
+/// connection string rules), so `;`, `=`, quotes and spaces survive. Without a CA file
+/// Npgsql verifies with the system store.
+fn npgsql(f: &Fields, t: &Target) -> String {
+    let quote = |v: &str| {
+        if !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c))
+        {
+            v.to_owned()
+        } else {
+            format!("\"{}\"", v.replace('"', "\"\""))
+        }
+    };
+    let mode = match t.sslmode {
+        SslMode::Disable => "Disable",
+        SslMode::Allow => "Allow",
+        SslMode::Prefer => "Prefer",
+        SslMode::Require => "Require",
+        SslMode::VerifyCa => "VerifyCA",
+        SslMode::VerifyFull => "VerifyFull",
+    };
+    let mut s = format!(
+        "Host={};Port={};Database={};Username={};Password={};SSL Mode={mode}",
+        quote(t.host),
+        t.port,
+        quote(&f.dbname),
+        quote(&f.username),
+        quote(&f.password)
+    );
+    if t.direct {
+        for (name, value) in f.tls_files() {
+            let keyword = match name {
+                "sslrootcert" if value == "system" => continue,
+                "sslrootcert" => "Root Certificate",
+                "sslcert" => "SSL Certificate",
+                _ => "SSL Key",
+            };
+            s.push_str(&format!(";{keyword}={}", quote(&value)));
+        }
+    }
+    s
+}
+
+/// SQLAlchemy with asyncpg (`postgresql+asyncpg://`): asyncpg takes `ssl=<sslmode>`, not
+/// `sslmode=`, and reads the CA file from PGSSLROOTCERT.
+fn sqlalchemy_asyncpg(f: &Fields, t: &Target) -> String {
+    format!(
+        "postgresql+asyncpg://{}:{}@{}:{}/{}?ssl={}",
+        encode(&f.username),
+        encode(&f.password),
+        host_in_url(t.host),
+        t.port,
+        encode(&f.dbname),
+        t.sslmode.as_str()
+    )
+}
+
+/// Prisma's URL for the server (its `directUrl`, for migrations). Prisma's engine knows only
+/// `sslmode` disable, prefer and require, and treats verify-full as prefer; verification is
+/// `sslaccept=strict`, with `sslcert` naming the CA file (Prisma's meaning of it). So no
+/// verifying sslmode is silently weakened.
+fn prisma_direct(f: &Fields) -> String {
+    let tls = match f.sslmode {
+        SslMode::Disable => "sslmode=disable".to_owned(),
+        SslMode::Allow | SslMode::Prefer => "sslmode=prefer".to_owned(),
+        SslMode::Require => "sslmode=require&sslaccept=accept_invalid_certs".to_owned(),
+        SslMode::VerifyCa | SslMode::VerifyFull => match &f.ca_pem {
+            Some(_) => format!(
+                "sslmode=require&sslaccept=strict&sslcert={}",
+                encode(&f.file("ca.crt"))
+            ),
+            None => "sslmode=require&sslaccept=strict".to_owned(),
+        },
+    };
+    format!(
+        "postgresql://{}:{}@{}:{}/{}?{tls}",
+        encode(&f.username),
+        encode(&f.password),
+        host_in_url(&f.host),
+        f.port,
+        encode(&f.dbname)
+    )
+}
+
 /// A .pgpass line: `:` and `\` escaped with a backslash.
 fn pgpass(f: &Fields, t: &Target) -> String {
     let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
@@ -196,6 +297,19 @@ pub fn render(
             "direct-sslmode".to_owned(),
             server.sslmode.as_str().to_owned(),
         ),
+        ("SPRING_DATASOURCE_URL".to_owned(), spring_url(f, &app)),
+        ("SPRING_DATASOURCE_USERNAME".to_owned(), f.username.clone()),
+        ("SPRING_DATASOURCE_PASSWORD".to_owned(), f.password.clone()),
+        ("npgsql-connection-string".to_owned(), npgsql(f, &app)),
+        (
+            "direct-npgsql-connection-string".to_owned(),
+            npgsql(f, &server),
+        ),
+        (
+            "sqlalchemy-asyncpg-uri".to_owned(),
+            sqlalchemy_asyncpg(f, &app),
+        ),
+        ("prisma-direct-url".to_owned(), prisma_direct(f)),
     ]);
     if let Some(root) = f.sslrootcert() {
         data.insert("direct-sslrootcert".to_owned(), root.clone());
@@ -431,6 +545,133 @@ mod tests {
         let data = render(&f, &BTreeMap::new()).unwrap();
         assert!(!data["uri"].contains("sslrootcert"), "{}", data["uri"]);
         assert!(!data.contains_key("PGSSLROOTCERT"));
+    }
+
+    /// An ADO.NET connection string parsed as DbConnectionStringBuilder does: `key=value`
+    /// pairs split on `;`, a value in double quotes with `""` for a quote inside.
+    fn ado_net(s: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut rest = s;
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once('=').expect("key=value");
+            let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+                let mut value = String::new();
+                let mut chars = quoted.char_indices().peekable();
+                let mut end = quoted.len();
+                while let Some((i, c)) = chars.next() {
+                    if c == '"' {
+                        if chars.peek().map(|(_, c)| *c) == Some('"') {
+                            value.push('"');
+                            chars.next();
+                        } else {
+                            end = i + 1;
+                            break;
+                        }
+                    } else {
+                        value.push(c);
+                    }
+                }
+                (
+                    value,
+                    quoted[end..].strip_prefix(';').unwrap_or(&quoted[end..]),
+                )
+            } else {
+                let (v, n) = after.split_once(';').unwrap_or((after, ""));
+                (v.to_owned(), n)
+            };
+            out.insert(key.to_owned(), value);
+            rest = next;
+        }
+        out
+    }
+
+    #[test]
+    fn the_npgsql_string_uses_its_keywords_and_survives_hostile_values() {
+        const KEYWORDS: [&str; 9] = [
+            "Host",
+            "Port",
+            "Database",
+            "Username",
+            "Password",
+            "SSL Mode",
+            "Root Certificate",
+            "SSL Certificate",
+            "SSL Key",
+        ];
+        let pw = "p;w=\"x\" 'y' ";
+        let mut f = fields(pw);
+        f.dbname = "Order Lines".into();
+        f.client_cert = Some(("CERT".into(), "KEY".into()));
+        let data = render(&f, &BTreeMap::new()).unwrap();
+        let direct = ado_net(&data["direct-npgsql-connection-string"]);
+        for key in direct.keys() {
+            assert!(
+                KEYWORDS.contains(&key.as_str()),
+                "{key} is not an Npgsql keyword"
+            );
+        }
+        assert_eq!(direct["Password"], pw);
+        assert_eq!(direct["Username"], "Shop User");
+        assert_eq!(direct["Database"], "Order Lines");
+        assert_eq!(direct["Host"], "db.internal");
+        assert_eq!(direct["SSL Mode"], "VerifyFull");
+        assert_eq!(direct["Root Certificate"], CA_FILE);
+        assert_eq!(direct["SSL Key"], "/var/run/dbconn/orders/tls.key");
+        f.pooler_port = Some(6432);
+        let data = render(&f, &BTreeMap::new()).unwrap();
+        let app = ado_net(&data["npgsql-connection-string"]);
+        assert_eq!(
+            (
+                app["Host"].as_str(),
+                app["Port"].as_str(),
+                app["SSL Mode"].as_str()
+            ),
+            ("127.0.0.1", "6432", "Disable")
+        );
+        assert!(!app.contains_key("Root Certificate"));
+        // A public-CA server: Npgsql's default is the system store, no keyword.
+        let mut public = fields("pw");
+        public.ca_pem = None;
+        let data = render(&public, &BTreeMap::new()).unwrap();
+        assert!(!ado_net(&data["npgsql-connection-string"]).contains_key("Root Certificate"));
+    }
+
+    #[test]
+    fn framework_keys_spring_sqlalchemy_and_prisma() {
+        let mut f = fields("p@ss");
+        f.pooler_port = Some(6432);
+        let data = render(&f, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            data["SPRING_DATASOURCE_URL"],
+            "jdbc:postgresql://127.0.0.1:6432/orders?sslmode=disable"
+        );
+        assert_eq!(data["SPRING_DATASOURCE_USERNAME"], "Shop User");
+        assert_eq!(data["SPRING_DATASOURCE_PASSWORD"], "p@ss");
+        assert_eq!(
+            data["sqlalchemy-asyncpg-uri"],
+            "postgresql+asyncpg://Shop%20User:p%40ss@127.0.0.1:6432/orders?ssl=disable"
+        );
+        // Prisma never gets a verifying sslmode it would read as prefer.
+        let prisma = query(&data["prisma-direct-url"]);
+        assert_eq!(prisma["sslmode"], "require");
+        assert_eq!(prisma["sslaccept"], "strict");
+        assert_eq!(prisma["sslcert"], CA_FILE);
+        assert!(data["prisma-direct-url"].contains("@db.internal:5432/orders?"));
+        let mut public = fields("pw");
+        public.ca_pem = None;
+        let prisma = query(&render(&public, &BTreeMap::new()).unwrap()["prisma-direct-url"]);
+        assert_eq!(prisma["sslaccept"], "strict");
+        assert!(!prisma.contains_key("sslcert"), "the system roots");
+        let mut require = fields("pw");
+        require.sslmode = SslMode::Require;
+        let prisma = query(&render(&require, &BTreeMap::new()).unwrap()["prisma-direct-url"]);
+        assert_eq!(prisma["sslaccept"], "accept_invalid_certs");
+        let spring = render(&fields("pw"), &BTreeMap::new()).unwrap();
+        assert!(!spring["SPRING_DATASOURCE_URL"].contains("password="));
+        assert_eq!(
+            query(&spring["SPRING_DATASOURCE_URL"])["sslrootcert"],
+            CA_FILE
+        );
     }
 
     #[test]

@@ -77,7 +77,12 @@ impl Pooler {
         ] {
             std::fs::write(secret_dir.join(k), v).expect("secret file");
         }
-        let port = testbed::free_port().expect("port");
+        Pooler::on_secret_dir(secret_dir, testbed::free_port().expect("port"), extra)
+    }
+
+    /// A pooler on a Secret's files as the kubelet mounts them (the sidecar's view),
+    /// listening on 127.0.0.1:`port`.
+    pub fn on_secret_dir(secret_dir: std::path::PathBuf, port: u16, extra: &[&str]) -> Pooler {
         let http = testbed::free_port().expect("port");
         let log = std::env::temp_dir().join(format!("{}.log", unique("pooler")));
         let child = Command::new(env!("CARGO_BIN_EXE_dbconn"))

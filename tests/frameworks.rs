@@ -1,0 +1,194 @@
+//! Frameworks connect unedited: each real client is configured only from the connection
+//! Secret's keys, set as its environment the way `envFrom` or the webhook would, with the
+//! Secret's files where the webhook mounts them (/var/run/dbconn/<connection>/) and the
+//! sidecar (`dbconn pooler` on those files) on the port the Secret names. docs/frameworks.md
+//! lists what each reads.
+//!
+//! - libpq/psql through the `PG*` keys, and `direct-uri` (verify-full with the mounted CA);
+//! - psycopg 3 (`uri`, `direct-uri`), SQLAlchemy with asyncpg (`sqlalchemy-asyncpg-uri`),
+//!   Django through dj-database-url (`uri` as DATABASE_URL): tests/frameworks/python_clients.py;
+//! - node-postgres (`uri`, and `direct-uri` with its CA): tests/frameworks/node_client.js.
+//!
+//! The clients come from scripts/drivers.sh (make setup).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::pooler::Pooler;
+use support::{
+    READY, admin_and_ca, apply_yaml, bed, connection, database, get, namespace, operator, repo,
+    unique, wait_for,
+};
+
+/// The Secret's files under /var/run/dbconn/<connection>, as the kubelet mounts them;
+/// removed when dropped.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent); // only when empty
+        }
+    }
+}
+
+fn secret_data(ns: &str, name: &str) -> BTreeMap<String, String> {
+    use base64::Engine;
+    let json = get(ns, "secret", name, "{.data}");
+    let data: BTreeMap<String, String> = serde_json::from_str(&json).expect("secret data");
+    data.into_iter()
+        .map(|(k, v)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .expect("base64");
+            (k, String::from_utf8(bytes).expect("utf-8"))
+        })
+        .collect()
+}
+
+fn cache(path: &str) -> PathBuf {
+    let cache = std::env::var_os("DBCONN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/dbconn")
+        });
+    let p = cache.join("drivers").join(path);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/drivers.sh (make setup)",
+        p.display()
+    );
+    p
+}
+
+/// Runs a client with exactly `env` (and PATH/HOME); its stdout lines.
+fn run(what: &str, mut cmd: Command, env: &[(&str, &str)]) -> Vec<String> {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn frameworks_connect_unedited_through_the_sidecar_and_directly() {
+    let _ = operator();
+    let ns = namespace("fw");
+    admin_and_ca(&ns);
+    let db = database("fw");
+    let name = unique("fw");
+    let role = format!("{}_app", db);
+    let port = testbed::free_port().expect("port");
+    apply_yaml(&connection(
+        &ns,
+        &name,
+        &format!(
+            "    host: localhost\n    port: {}\n    adminSecretRef: {{name: admin}}\n    tls: {{sslmode: verify-full, caSecretRef: {{name: db-ca}}}}",
+            bed().postgres.port
+        ),
+        &format!(
+            "  database: {db}\n  role: {{name: {role}}}\n  access: readWrite\n  pooler: {{enabled: true, port: {port}}}\n"
+        ),
+    ));
+    wait_for("dbconn", &ns, &name, READY, "True", 90);
+    let data = secret_data(&ns, &name);
+
+    // The files, where the Secret's values name them.
+    let dir = Path::new(&dbconn::operator::secret::mount_dir(&name)).to_path_buf();
+    std::fs::create_dir_all(&dir).expect("mount dir");
+    let _mounted = Mounted(dir.clone());
+    for (k, v) in &data {
+        std::fs::write(dir.join(k), v).expect("secret file");
+    }
+    let sidecar = Pooler::on_secret_dir(dir.clone(), port, &[]);
+    sidecar.wait_ready();
+    assert_eq!(
+        data["host"], "127.0.0.1",
+        "with the pooler, host is the sidecar"
+    );
+    assert_eq!(data["port"], port.to_string());
+
+    let want = |framework: &str| format!("{framework} {role} ");
+    // libpq/psql: the PG* keys alone (envFrom: secretRef), then direct-uri.
+    let pg: Vec<(&str, &str)> = data
+        .iter()
+        .filter(|(k, _)| k.starts_with("PG"))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let psql = || {
+        let mut c = Command::new("psql");
+        c.args(["-XAt", "-F", " ", "-c"])
+            .arg("SELECT 'psql', current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()");
+        c
+    };
+    let lines = run("psql with PG*", psql(), &pg);
+    assert_eq!(lines, [format!("psql {role} t")], "through the sidecar");
+    let mut direct = psql();
+    direct.arg(&data["direct-uri"]);
+    let lines = run("psql with direct-uri", direct, &[]);
+    assert_eq!(lines, [format!("psql {role} t")], "straight to the server");
+
+    // Python: psycopg, SQLAlchemy + asyncpg, Django with dj-database-url.
+    let mut python = Command::new(cache("python/bin/python"));
+    python.arg(repo().join("tests/frameworks/python_clients.py"));
+    let lines = run(
+        "python frameworks",
+        python,
+        &[
+            ("DATABASE_URL", &data["uri"]),
+            ("SQLALCHEMY_URL", &data["sqlalchemy-asyncpg-uri"]),
+            ("DIRECT_URL", &data["direct-uri"]),
+        ],
+    );
+    for framework in ["psycopg", "sqlalchemy", "django", "psycopg-direct"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| *l == format!("{}True", want(framework))),
+            "{framework}: {lines:?}"
+        );
+    }
+
+    // node-postgres, the CA read from the file direct-uri names.
+    let mut node = Command::new("node");
+    node.arg(repo().join("tests/frameworks/node_client.js"));
+    let modules = cache("node/node_modules");
+    let lines = run(
+        "node-postgres",
+        node,
+        &[
+            ("NODE_PATH", modules.to_str().expect("path")),
+            ("DATABASE_URL", &data["uri"]),
+            ("DIRECT_URL", &data["direct-uri"]),
+        ],
+    );
+    assert_eq!(
+        lines,
+        [
+            format!("{}true", want("node-postgres")),
+            format!("{}true", want("node-postgres-direct")),
+        ]
+    );
+    // The five clients that used uri, PG* or SQLALCHEMY_URL went through the sidecar.
+    assert!(
+        sidecar.metric("dbconn_pooler_transactions_total") >= 5.0,
+        "{}",
+        sidecar.log_text()
+    );
+}
