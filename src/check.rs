@@ -137,12 +137,19 @@ async fn from_cluster(
             .cloned()
             .with_context(|| format!("secret {namespace}/{secret_name} has no key {k}"))
     };
-    let port: u16 = key("port")?
+    // The server itself: with the pooler on, host, port, sslmode and password are the
+    // sidecar's (docs/secret.md), the direct-* keys and server-password the server's.
+    let server = |k: &str| key(&format!("direct-{k}")).or_else(|_| key(k));
+    let port: u16 = server("port")?
         .parse()
         .with_context(|| format!("secret {namespace}/{secret_name} key port"))?;
-    let mut ep = Endpoint::new(key("host")?, port, key("dbname")?, key("username")?);
-    ep.password = data.get("password").cloned().filter(|p| !p.is_empty());
-    ep.sslmode = key("sslmode")?
+    let mut ep = Endpoint::new(server("host")?, port, key("dbname")?, key("username")?);
+    ep.password = data
+        .get("server-password")
+        .or(data.get("password"))
+        .cloned()
+        .filter(|p| !p.is_empty());
+    ep.sslmode = server("sslmode")?
         .parse()
         .map_err(|e| anyhow::anyhow!("secret {namespace}/{secret_name} key sslmode: {e}"))?;
     let pem = |k: &str| data.get(k).map(|v| v.clone().into_bytes());

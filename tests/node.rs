@@ -220,6 +220,7 @@ fn helm_install_runs_dbconn_on_the_node_and_apps_query_through_their_sidecars() 
     job_with_the_sidecar_completes(&app, &role);
     killed_sidecar_restarts_and_the_app_reconnects(&app, &web, &role, node);
     deleting_the_pod_stops_the_app_then_the_sidecar(&app, &web);
+    rotation_keeps_a_client_loop_working(&app, &installed.server);
     budget_refuses_a_pod_that_does_not_fit(&app, &installed.server);
     operator_rollout_loses_no_admission(&system, &release, &app);
     drop(installed);
@@ -502,6 +503,114 @@ fn deleting_the_pod_stops_the_app_then_the_sidecar(app: &str, web: &str) {
     assert!(
         !app_finished.is_empty() && app_finished <= sidecar_finished,
         "the app stopped first ({app_finished} <= {sidecar_finished})"
+    );
+}
+
+/// Three rotations of the role's password while an app queries through its sidecar five
+/// times a second: no query fails, the app's own password never changes, and the first
+/// password no longer logs in to the server afterwards.
+fn rotation_keeps_a_client_loop_working(app: &str, server: &str) {
+    apply_yaml(&format!(
+        "apiVersion: dbconn.io/v1alpha1\nkind: DatabaseConnection\nmetadata: {{name: rotating, namespace: {app}}}\nspec:\n\
+         \x20 serverRef: {server}\n  database: postgres\n  role: {{name: {app}_rotating, rotation: {{propagationSeconds: 20}}}}\n\
+         \x20 access: readOnly\n  pooler: {{enabled: true, port: 6441}}\n"
+    ));
+    wait_for("dbconn", app, "rotating", READY, "True", 120);
+    let secret = |key: &str| support::secret_value(app, "rotating", key);
+    let (client, first) = (secret("password"), secret("server-password"));
+    assert_ne!(
+        client, first,
+        "the apps' password to the sidecar is not the role's"
+    );
+    apply_yaml(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: looper, namespace: {app}}}\nspec:\n\
+         \x20 selector: {{matchLabels: {{app: looper}}}}\n  template:\n    metadata:\n\
+         \x20     labels: {{app: looper, dbconn.io/inject: \"true\"}}\n      annotations: {{dbconn.io/connections: rotating}}\n\
+         \x20   spec:\n      containers:\n      - name: loop\n        image: {PSQL_IMAGE}\n        imagePullPolicy: Never\n\
+         \x20       command: [query-loop]\n        env: [{{name: QUERY_INTERVAL, value: \"0.2\"}}]\n",
+    ));
+    let pod = wait_pod(app, "app=looper", 120);
+    let role = format!("{app}_rotating");
+    wait_log(app, &pod, "loop", &format!("query ran as {role} "), 120);
+    for n in 1..=3 {
+        kubectl_ok(&[
+            "annotate",
+            "dbconn",
+            "-n",
+            app,
+            "rotating",
+            &format!("dbconn.io/rotate={n}"),
+            "--overwrite",
+        ]);
+        wait_for(
+            "dbconn",
+            app,
+            "rotating",
+            "{.status.rotation.lastRequest}",
+            &n.to_string(),
+            150,
+        );
+        assert_ne!(
+            secret("server-password"),
+            first,
+            "rotation {n} set a new password"
+        );
+    }
+    // A few more queries on the last password, then the whole log.
+    std::thread::sleep(Duration::from_secs(3));
+    let logs = kubectl_ok(&["logs", "-n", app, &pod, "-c", "loop"]);
+    let ok = format!("query ran as {role} ");
+    let failed: Vec<&str> = logs.lines().filter(|l| !l.starts_with(&ok)).collect();
+    let served = logs.lines().count() - failed.len();
+    assert!(
+        failed.is_empty(),
+        "{} of {} queries failed across 3 rotations: {failed:?}",
+        failed.len(),
+        logs.lines().count()
+    );
+    assert!(
+        served >= 50,
+        "the loop ran through the rotations ({served} queries)"
+    );
+    eprintln!("{served} queries through the sidecar across 3 rotations, 0 failed");
+    assert_eq!(
+        secret("password"),
+        client,
+        "the apps' password did not change"
+    );
+    let data = kubectl_ok(&[
+        "get",
+        "secret",
+        "-n",
+        app,
+        "rotating",
+        "-o",
+        "jsonpath={.data.server-password-next}",
+    ]);
+    assert!(data.is_empty(), "no password left staged");
+    // The first password is refused by the server now; the current one logs in.
+    let login = |password: &str| {
+        support::psql_env(
+            "SELECT current_user",
+            &[
+                ("PGHOST", "localhost".to_owned()),
+                ("PGPORT", bed().postgres.port.to_string()),
+                ("PGDATABASE", "postgres".to_owned()),
+                ("PGUSER", role.clone()),
+                ("PGPASSWORD", password.to_owned()),
+                ("PGSSLMODE", "verify-full".to_owned()),
+                ("PGSSLROOTCERT", bed().ca_cert.display().to_string()),
+            ],
+        )
+    };
+    let refused = login(&first).expect_err("the first password must not log in");
+    assert!(
+        refused.contains("password authentication failed"),
+        "{refused}"
+    );
+    assert_eq!(
+        login(&secret("server-password")).as_deref(),
+        Ok(role.as_str())
     );
 }
 

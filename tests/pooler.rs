@@ -381,6 +381,50 @@ async fn new_credentials_in_the_secret_are_used_without_dropping_clients() {
     println!("{done} transactions ran through the rotation without an error");
 }
 
+/// A rotation's switch on the server before the kubelet brings the new Secret: the
+/// sidecar's login with `server-password` is refused, and it logs in with the staged
+/// `server-password-next` at once; the clients' own password never changed.
+#[tokio::test]
+async fn a_staged_next_password_takes_over_when_the_server_refuses_the_current_one() {
+    let a = app("staged");
+    let pooler = Pooler::start(&a, bed().postgres.port, &[]);
+    pooler.wait_ready();
+    let next = "next p@ss 'staged'";
+    std::fs::write(pooler.secret_dir.join("server-password"), &a.password).expect("write");
+    std::fs::write(pooler.secret_dir.join("server-password-next"), next).expect("write");
+    // The server switches; its sessions opened with the old password are ended.
+    admin(&format!(
+        "ALTER ROLE {} PASSWORD {}",
+        a.user,
+        dbconn::postgres::quote::literal(next)
+    ));
+    admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{}'",
+        a.user
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(c) = pooler.client(&a).await
+            && c.batch_execute("SELECT 1").await.is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no query after the switch: {}",
+            pooler.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        pooler
+            .log_text()
+            .contains("the server refused the password; using the rotation's next one"),
+        "{}",
+        pooler.log_text()
+    );
+}
+
 #[tokio::test]
 async fn every_upstream_sslmode_behaves_as_libpq_defines_it() {
     let a = app("sslmodes");

@@ -55,6 +55,9 @@ use super::common::{Conditions, CredentialsSecretRef, SecretKeyRef, TlsSpec};
 #[x_kube(validation = Rule::new("self.database == oldSelf.database").message(
     "database is immutable: create a new DatabaseConnection to use another database"
 ))]
+#[x_kube(validation = Rule::new(
+    "!has(self.role.rotation) || (has(self.pooler) && has(self.pooler.enabled) && self.pooler.enabled && !has(self.role.passwordSecretRef))"
+).message("role.rotation needs pooler.enabled (the sidecar keeps the apps' password while the role's changes) and no role.passwordSecretRef (dbconn rotates only passwords it generates)"))]
 #[x_kube(validation = Rule::new("self.role.name == oldSelf.role.name").message(
     "role.name is immutable: create a new DatabaseConnection for another role"
 ))]
@@ -199,6 +202,32 @@ pub struct RoleSpec {
     /// Without it dbconn generates one once and keeps it in the connection's Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
+    /// Rotate the role's generated password without downtime: needs `pooler.enabled` (the
+    /// apps' password to the sidecar stays; the sidecar takes the new server password from
+    /// the mounted Secret) and no `passwordSecretRef`. Rotate now by setting the annotation
+    /// `dbconn.io/rotate` to a new value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationSpec>,
+}
+
+/// When and how the role's password rotates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSpec {
+    /// Rotate every this many seconds (60 to 31536000, a year); without it, only on request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 31_536_000))]
+    pub period_seconds: Option<i64>,
+    /// Seconds between putting the next password in the Secret and setting it on the server:
+    /// the time kubelets take to update the Secret mounted in every pod (5 to 3600, default
+    /// 120; kubelet's syncFrequency plus its Secret cache TTL).
+    #[serde(default = "default_propagation_seconds")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub propagation_seconds: i64,
+}
+
+fn default_propagation_seconds() -> i64 {
+    120
 }
 
 fn default_true() -> bool {
@@ -398,6 +427,25 @@ pub struct DatabaseConnectionStatus {
     /// server allow (condition ConnectionBudget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<ConnectionBudget>,
+    /// Password rotation (spec.role.rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationStatus>,
+}
+
+/// Where password rotation stands. Times are RFC 3339.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    /// When the role's password last changed by rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<String>,
+    /// The value of the `dbconn.io/rotate` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+    /// When the next password was put in the Secret; it is set on the server once
+    /// propagationSeconds have passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged_time: Option<String>,
 }
 
 /// The connection budget, in server connections.

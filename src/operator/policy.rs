@@ -273,6 +273,7 @@ mod tests {
                 create: true,
                 connection_limit: None,
                 password_secret_ref: None,
+                rotation: None,
             },
             access: Access::ReadOnly,
             schemas: vec!["public".into()],

@@ -31,7 +31,12 @@ pub struct Fields {
     pub port: u16,
     pub dbname: String,
     pub username: String,
+    /// What the apps send: with the pooler, their password to the sidecar.
     pub password: String,
+    /// The role's password on the server (`server-password` and the `direct-*` keys).
+    pub server_password: String,
+    /// A rotation's next server password, staged for the sidecars (`server-password-next`).
+    pub server_password_next: Option<String>,
     pub sslmode: SslMode,
     /// PEM of the CA that verifies the server, when one is given. Without it, a verifying
     /// sslmode uses the client's system trust store (a server with a public CA).
@@ -50,6 +55,7 @@ struct Target<'a> {
     port: u16,
     sslmode: SslMode,
     direct: bool,
+    password: &'a str,
 }
 
 impl Fields {
@@ -59,6 +65,7 @@ impl Fields {
             port: self.port,
             sslmode: self.sslmode,
             direct: true,
+            password: &self.server_password,
         }
     }
 
@@ -70,6 +77,7 @@ impl Fields {
                 port,
                 sslmode: SslMode::Disable,
                 direct: false,
+                password: &self.password,
             },
             None => self.server(),
         }
@@ -115,7 +123,7 @@ fn uri(f: &Fields, t: &Target) -> String {
     let mut s = format!(
         "postgresql://{}:{}@{}:{}/{}?sslmode={}",
         encode(&f.username),
-        encode(&f.password),
+        encode(t.password),
         host_in_url(t.host),
         t.port,
         encode(&f.dbname),
@@ -138,7 +146,7 @@ fn jdbc_uri(f: &Fields, t: &Target) -> String {
         t.port,
         encode(&f.dbname),
         encode(&f.username),
-        encode(&f.password),
+        encode(t.password),
         t.sslmode.as_str()
     );
     if t.direct {
@@ -197,7 +205,7 @@ fn npgsql(f: &Fields, t: &Target) -> String {
         t.port,
         quote(&f.dbname),
         quote(&f.username),
-        quote(&f.password)
+        quote(t.password)
     );
     if t.direct {
         for (name, value) in f.tls_files() {
@@ -219,7 +227,7 @@ fn sqlalchemy_asyncpg(f: &Fields, t: &Target) -> String {
     format!(
         "postgresql+asyncpg://{}:{}@{}:{}/{}?ssl={}",
         encode(&f.username),
-        encode(&f.password),
+        encode(t.password),
         host_in_url(t.host),
         t.port,
         encode(&f.dbname),
@@ -247,7 +255,7 @@ fn prisma_direct(f: &Fields) -> String {
     format!(
         "postgresql://{}:{}@{}:{}/{}?{tls}",
         encode(&f.username),
-        encode(&f.password),
+        encode(&f.server_password),
         host_in_url(&f.host),
         f.port,
         encode(&f.dbname)
@@ -263,7 +271,7 @@ fn pgpass(f: &Fields, t: &Target) -> String {
         t.port,
         esc(&f.dbname),
         esc(&f.username),
-        esc(&f.password)
+        esc(t.password)
     )
 }
 
@@ -311,6 +319,13 @@ pub fn render(
         ),
         ("prisma-direct-url".to_owned(), prisma_direct(f)),
     ]);
+    if f.pooler_port.is_some() {
+        // The sidecar's login to the server; the apps' `password` is theirs to the sidecar.
+        data.insert("server-password".to_owned(), f.server_password.clone());
+        if let Some(next) = &f.server_password_next {
+            data.insert("server-password-next".to_owned(), next.clone());
+        }
+    }
     if let Some(root) = f.sslrootcert() {
         data.insert("direct-sslrootcert".to_owned(), root.clone());
         if app.direct {
@@ -352,6 +367,7 @@ pub fn render(
             ("database", Value::from(f.dbname.clone())),
             ("username", Value::from(f.username.clone())),
             ("password", Value::from(f.password.clone())),
+            ("server_password", Value::from(f.server_password.clone())),
         ]);
         // Undefined (an error naming the key, templates are strict) when there is none.
         if let Some(port) = f.pooler_port {
@@ -368,6 +384,8 @@ pub fn render(
 
 /// Keys dbconn may write that a template must not take, besides those of this connection.
 const RESERVED: &[&str] = &[
+    "server-password",
+    "server-password-next",
     "ca.crt",
     "tls.crt",
     "tls.key",
@@ -411,6 +429,8 @@ mod tests {
             dbname: "orders".into(),
             username: "Shop User".into(),
             password: password.into(),
+            server_password: password.into(),
+            server_password_next: None,
             sslmode: SslMode::VerifyFull,
             ca_pem: Some("-----BEGIN CERTIFICATE-----\n".into()),
             client_cert: None,
@@ -501,6 +521,39 @@ mod tests {
         let direct_jdbc = query(&data["direct-jdbc-uri"]);
         assert_eq!(direct_jdbc["sslrootcert"], CA_FILE);
         assert_eq!(direct_jdbc["sslmode"], "verify-full");
+    }
+
+    #[test]
+    fn with_the_pooler_apps_keep_their_password_while_the_roles_rotates() {
+        let mut f = fields("client-pw");
+        f.pooler_port = Some(6432);
+        f.server_password = "role-pw".into();
+        f.server_password_next = Some("next-pw".into());
+        let data = render(&f, &BTreeMap::new()).unwrap();
+        for key in ["password", "PGPASSWORD", "SPRING_DATASOURCE_PASSWORD"] {
+            assert_eq!(data[key], "client-pw", "{key}");
+        }
+        assert!(data["uri"].contains(":client-pw@127.0.0.1:6432/"));
+        assert_eq!(
+            ado_net(&data["npgsql-connection-string"])["Password"],
+            "client-pw"
+        );
+        assert_eq!(data["server-password"], "role-pw");
+        assert_eq!(data["server-password-next"], "next-pw");
+        assert!(data["direct-uri"].contains(":role-pw@db.internal:5432/"));
+        assert!(data["direct-jdbc-uri"].contains("password=role-pw"));
+        assert!(data["prisma-direct-url"].contains(":role-pw@db.internal"));
+        assert_eq!(
+            ado_net(&data["direct-npgsql-connection-string"])["Password"],
+            "role-pw"
+        );
+        // Without the pooler the apps use the role's password itself.
+        f.pooler_port = None;
+        f.password = "role-pw".into();
+        let data = render(&f, &BTreeMap::new()).unwrap();
+        assert!(!data.contains_key("server-password"));
+        assert!(!data.contains_key("server-password-next"));
+        assert_eq!(data["password"], "role-pw");
     }
 
     #[test]

@@ -47,7 +47,15 @@ pub struct Upstream {
     pub port: u16,
     pub dbname: String,
     pub user: String,
+    /// The role's password on the server (`server-password`, else `password`).
     pub password: String,
+    /// A rotation's next server password (`server-password-next`): tried when the server
+    /// refuses `password`, for the moment between the switch on the server and the kubelet
+    /// bringing the new Secret.
+    pub password_next: Option<String>,
+    /// What clients authenticate with (`password`): theirs to the sidecar, which a rotation
+    /// of the role's password does not change.
+    pub client_password: String,
     pub sslmode: SslMode,
     pub tls: TlsMaterial,
 }
@@ -112,7 +120,7 @@ pub struct Overrides {
 /// and `direct-sslmode` (with the pooler on, `host`, `port` and `sslmode` name the sidecar
 /// itself, docs/secret.md); a Secret without them (written before they existed, or by hand)
 /// gives `host`, `port` and `sslmode`.
-pub const SECRET_KEYS: [&str; 12] = [
+pub const SECRET_KEYS: [&str; 14] = [
     "direct-host",
     "direct-port",
     "direct-sslmode",
@@ -121,6 +129,8 @@ pub const SECRET_KEYS: [&str; 12] = [
     "dbname",
     "username",
     "password",
+    "server-password",
+    "server-password-next",
     "sslmode",
     "ca.crt",
     "tls.crt",
@@ -192,7 +202,12 @@ pub fn upstream(files: &BTreeMap<String, Vec<u8>>, o: &Overrides) -> Result<Upst
     };
     let dbname = required(o.dbname.clone().or(text("dbname")?), "dbname", "--dbname")?;
     let user = required(o.user.clone().or(text("username")?), "username", "--user")?;
-    let password = o.password.clone().or(text("password")?).unwrap_or_default();
+    let client_password = o.password.clone().or(text("password")?).unwrap_or_default();
+    let password = match &o.password {
+        Some(p) => p.clone(),
+        None => text("server-password")?.unwrap_or_else(|| client_password.clone()),
+    };
+    let password_next = text("server-password-next")?.filter(|p| !p.is_empty());
     let sslmode = match o.sslmode {
         Some(m) => m,
         None => match server("sslmode")? {
@@ -229,15 +244,17 @@ pub fn upstream(files: &BTreeMap<String, Vec<u8>>, o: &Overrides) -> Result<Upst
         dbname,
         user,
         password,
+        password_next,
+        client_password,
         sslmode,
         tls,
     })
 }
 
-/// What clients authenticate against: the upstream user's password.
+/// What clients authenticate against: the Secret's `password` (the apps' own).
 pub fn client_verifier(u: &Upstream, auth: ClientAuth) -> Result<Option<Verifier>, ConfigError> {
     match auth {
-        ClientAuth::Scram => Verifier::from_password(&u.password)
+        ClientAuth::Scram => Verifier::from_password(&u.client_password)
             .map(Some)
             .map_err(|e| bad("password", e.to_string())),
         ClientAuth::Md5 | ClientAuth::Trust => Ok(None),
@@ -291,6 +308,40 @@ mod tests {
             (u.host.as_str(), u.port, u.sslmode),
             ("db.internal", 5433, SslMode::VerifyFull)
         );
+    }
+
+    #[test]
+    fn clients_use_password_the_server_gets_server_password_and_the_staged_next() {
+        let f = files(&[
+            ("host", "db"),
+            ("dbname", "d"),
+            ("username", "u"),
+            ("password", "client"),
+            ("server-password", "role"),
+            ("server-password-next", "next"),
+        ]);
+        let u = upstream(&f, &Overrides::default()).unwrap();
+        assert_eq!(
+            (
+                u.client_password.as_str(),
+                u.password.as_str(),
+                u.password_next.as_deref()
+            ),
+            ("client", "role", Some("next"))
+        );
+        // A Secret from before: one password for both.
+        let old = files(&[
+            ("host", "db"),
+            ("dbname", "d"),
+            ("username", "u"),
+            ("password", "pw"),
+        ]);
+        let u = upstream(&old, &Overrides::default()).unwrap();
+        assert_eq!(
+            (u.client_password.as_str(), u.password.as_str()),
+            ("pw", "pw")
+        );
+        assert_eq!(u.password_next, None);
     }
 
     #[test]

@@ -238,16 +238,28 @@ impl Pool {
         }
     }
 
-    /// Makes one new server connection with the current credentials.
+    /// Makes one new server connection with the current credentials; when the server
+    /// refuses the password and a rotation's next one is staged, with that one.
     pub async fn connect(&self) -> Result<ServerConn, ServerError> {
         let creds = self.credentials();
-        let result = server::connect(
-            &creds.upstream,
-            &self.settings.application_name,
-            self.settings.connect_timeout,
-            creds.generation,
-        )
-        .await;
+        let attempt = |upstream| {
+            server::connect(
+                upstream,
+                &self.settings.application_name,
+                self.settings.connect_timeout,
+                creds.generation,
+            )
+        };
+        let mut result = attempt(&creds.upstream).await;
+        if let (Err(ServerError::Refused { code, .. }), Some(next)) =
+            (&result, &creds.upstream.password_next)
+            && code == "28P01"
+        {
+            let mut upstream = (*creds.upstream).clone();
+            upstream.password = next.clone();
+            tracing::info!("the server refused the password; using the rotation's next one");
+            result = attempt(&upstream).await;
+        }
         match &result {
             Ok(c) => {
                 tracing::debug!(tls = c.tls, pid = c.key.0, "server connection opened");

@@ -8,6 +8,7 @@ use kube::{Api, ResourceExt};
 use super::{Failed, at};
 use crate::api::DatabaseConnection;
 use crate::operator::resolve::{Purpose, Resolved, resolve, secret_key};
+use crate::operator::rotation;
 use crate::operator::secret::generate_password;
 use crate::operator::status::{AUTHORIZED, ROLE_READY, SECRET_READY, SERVER_REACHABLE};
 use crate::operator::{Context, Error};
@@ -47,8 +48,16 @@ impl Existing {
 
 /// The role's password and where it came from.
 pub struct Password {
+    /// What the role's password is once this run is done.
     pub value: String,
     pub source: PasswordSource,
+    /// What the apps send: with the pooler, their password to the sidecar (it stays when the
+    /// role's rotates); without, the role's.
+    pub client: String,
+    /// A rotation's next password, staged in the Secret (`server-password-next`).
+    pub next: Option<String>,
+    /// What this run does about rotation.
+    pub rotation: rotation::Step,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,32 +89,60 @@ pub async fn refs(
     let secret = existing(ctx, conn, &namespace, &secret_name)
         .await
         .map_err(at(SECRET_READY))?;
-    let stored = secret
-        .secret()
-        .and_then(|s| s.data.as_ref()?.get("password"))
-        .filter(|b| !b.0.is_empty())
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
-    let password = match (&conn.spec.role.password_secret_ref, stored) {
-        (Some(p), _) => Password {
-            value: secret_key(&ctx.client, &namespace, &p.name, p.key_or("password"))
+    let stored = |key: &str| {
+        secret
+            .secret()
+            .and_then(|s| s.data.as_ref()?.get(key))
+            .filter(|b| !b.0.is_empty())
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    let generate = || generate_password().map_err(|e| at(ROLE_READY)(Error::Random(e.to_string())));
+    // With the pooler the role's password is `server-password` (a Secret from before it
+    // existed has only `password`).
+    let role = stored("server-password").or_else(|| stored("password"));
+    let (value, source) = match (&conn.spec.role.password_secret_ref, role) {
+        (Some(p), _) => (
+            secret_key(&ctx.client, &namespace, &p.name, p.key_or("password"))
                 .await
                 .map_err(at(ROLE_READY))?,
-            source: PasswordSource::Given,
-        },
+            PasswordSource::Given,
+        ),
         // A certificate-only role in validate-only mode has no password.
-        (None, _) if server.admin.is_none() => Password {
-            value: String::new(),
-            source: PasswordSource::None,
-        },
+        (None, _) if server.admin.is_none() => (String::new(), PasswordSource::None),
         // Generated once and kept: rewriting it would restart every pod that reads it.
-        (None, Some(value)) => Password {
-            value,
-            source: PasswordSource::Stored,
-        },
-        (None, None) => Password {
-            value: generate_password().map_err(|e| at(ROLE_READY)(Error::Random(e.to_string())))?,
-            source: PasswordSource::New,
-        },
+        (None, Some(value)) => (value, PasswordSource::Stored),
+        (None, None) => (generate()?, PasswordSource::New),
+    };
+    let pooler = conn.spec.pooler.enabled;
+    let staged = stored("server-password-next");
+    let request = conn.annotations().get(rotation::ROTATE).map(String::as_str);
+    let step = rotation::decide(&rotation::Input {
+        spec: conn.spec.role.rotation.as_ref().filter(|_| pooler),
+        generated: source == PasswordSource::Stored,
+        request,
+        status: conn.status.as_ref().and_then(|s| s.rotation.as_ref()),
+        staged: staged.is_some(),
+        created: conn.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        now: k8s_openapi::jiff::Timestamp::now(),
+    });
+    let (value, next) = match (&step, staged) {
+        (rotation::Step::Stage(_), _) => (value, Some(generate()?)),
+        (rotation::Step::Wait(_), staged) => (value, staged),
+        (rotation::Step::Switch, Some(staged)) => (staged, None),
+        _ => (value, None),
+    };
+    let client = match stored("password") {
+        Some(client) if pooler => client,
+        // A new Secret: the apps' password to the sidecar is a password of its own.
+        None if pooler && source == PasswordSource::New => generate()?,
+        _ => value.clone(),
+    };
+    let password = Password {
+        value,
+        source,
+        client,
+        next,
+        rotation: step,
     };
     Ok(Refs {
         namespace,

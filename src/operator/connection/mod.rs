@@ -59,6 +59,7 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
     // Until this run reaches a server, status keeps the one it had.
     r.server = conn.status.as_ref().and_then(|s| s.server.clone());
     let refs = dereference::refs(ctx, conn, Purpose::Reconcile).await?;
+    rotation(conn, &refs, r);
     authorize::same_server(conn, &refs)?;
     r.server = Some(refs.server.label.clone());
     authorize::policy(&refs, &conn.spec)?;
@@ -99,6 +100,36 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
     let app = apply::login(&refs, &plan, &admin.client).await?;
     r.done.push(logged_in(&plan));
     prove::prove(&app.client, &plan, r).await
+}
+
+/// What this run does about password rotation, for status and the next look.
+fn rotation(conn: &DatabaseConnection, refs: &dereference::Refs, r: &mut Report) {
+    use super::rotation::{ROTATE, Step, status_after};
+    if conn.spec.role.rotation.is_none() {
+        return;
+    }
+    let step = &refs.password.rotation;
+    r.rotation = Some(status_after(
+        step,
+        conn.status.as_ref().and_then(|s| s.rotation.as_ref()),
+        conn.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ROTATE))
+            .map(String::as_str),
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    r.requeue = match step {
+        Step::Stage(d) | Step::Wait(d) | Step::Keep(Some(d)) => Some(*d),
+        Step::Keep(None) | Step::Switch => None,
+    };
+    if matches!(step, Step::Stage(_) | Step::Switch) {
+        tracing::info!(
+            connection = %conn.metadata.name.as_deref().unwrap_or_default(),
+            step = ?std::mem::discriminant(step),
+            "password rotation"
+        );
+    }
 }
 
 /// Without admin credentials dbconn only validates: it logs in as the role with its own

@@ -75,7 +75,9 @@ pub fn secret(conn: &DatabaseConnection, refs: &Refs) -> Result<BTreeMap<String,
         port: server.base.port,
         dbname: spec.database.clone(),
         username: spec.role.name.clone(),
-        password: refs.password.value.clone(),
+        password: refs.password.client.clone(),
+        server_password: refs.password.value.clone(),
+        server_password_next: refs.password.next.clone(),
         sslmode: server.base.sslmode,
         ca_pem: server.ca_pem.clone(),
         client_cert: server.client_cert.clone(),
@@ -135,6 +137,9 @@ mod tests {
             password: Password {
                 value: "p".repeat(32),
                 source: PasswordSource::New,
+                client: "p".repeat(32),
+                next: None,
+                rotation: crate::operator::rotation::Step::Keep(None),
             },
         }
     }

@@ -12,6 +12,7 @@ use super::Failed;
 use super::apply::MANAGER;
 use crate::api::{
     ConnectionBudget, DatabaseConnection, DatabaseConnectionStatus, PrivilegeSummary,
+    RotationStatus,
 };
 use crate::operator::budget::{self, CONNECTION_BUDGET, ServerLimits};
 use crate::operator::resolve::Resolved;
@@ -32,6 +33,10 @@ pub struct Report {
     pub privileges: Option<PrivilegeSummary>,
     /// max_connections and the reserved slots, read at the admin login.
     pub server_limits: Option<ServerLimits>,
+    /// Password rotation, when spec.role.rotation is set.
+    pub rotation: Option<RotationStatus>,
+    /// Look again this soon (a staged password to switch, a rotation period due).
+    pub requeue: Option<std::time::Duration>,
 }
 
 impl Report {
@@ -150,6 +155,7 @@ pub async fn finish(
     let mut wanted = status::pipeline(std::mem::take(&mut report.done), failure, ready);
     let ready_now = wanted.iter().find(|c| c.type_ == READY).cloned();
     let (budget, budget_cond) = budget(conn, ctx, &report);
+    let soon = report.requeue;
     wanted.push(budget_cond.clone());
     publish_status(conn, ctx, report, budget, &wanted).await?;
     if let Some(ready) = ready_now {
@@ -158,9 +164,12 @@ pub async fn finish(
     warn_budget(conn, ctx, &budget_cond).await;
     match outcome {
         // ±10 %: connections created together do not all re-validate in the same second.
-        Ok(ready) if ready.ok == Some(true) => Ok(Action::requeue(
-            crate::operator::backoff::spread(ctx.settings.revalidate),
-        )),
+        Ok(ready) if ready.ok == Some(true) => {
+            let revalidate = crate::operator::backoff::spread(ctx.settings.revalidate);
+            Ok(Action::requeue(soon.map_or(revalidate, |s| {
+                revalidate.min(s + std::time::Duration::from_secs(1))
+            })))
+        }
         Ok(_) => Ok(Action::requeue(RECHECK)),
         Err(f) => Err(*f.error),
     }
@@ -209,6 +218,7 @@ async fn publish_status(
         privileges: r.privileges,
         uninjected_pods: uninjected(conn, ctx),
         budget: Some(budget),
+        rotation: r.rotation,
     };
     if conn.status.as_ref() == Some(&status) {
         return Ok(());

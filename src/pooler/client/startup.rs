@@ -188,7 +188,7 @@ async fn authenticate(
             let (given, _) = frame::cstr(body(&msg))?;
             let expected = postgres_protocol::authentication::md5_hash(
                 user.as_bytes(),
-                creds.upstream.password.as_bytes(),
+                creds.upstream.client_password.as_bytes(),
                 salt,
             );
             if given == expected {

@@ -17,6 +17,7 @@ fn spec(access: Access, grants: Vec<Grant>) -> DatabaseConnectionSpec {
             create: true,
             connection_limit: None,
             password_secret_ref: None,
+            rotation: None,
         };
         s
     })
