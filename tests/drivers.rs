@@ -6,33 +6,17 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::pooler::{Pooler, app};
-use support::{bed, repo, unique};
+use support::{bed, installed, repo, unique};
 
 const CLIENTS: usize = 6;
 const ITERATIONS: usize = 25;
 /// doubled, application_name, the row count, the division-by-zero SQLSTATE.
 const CHECKS_PER_ITERATION: usize = 4;
 const POOL_SIZE: &str = "2";
-
-fn installed(path: &str) -> PathBuf {
-    let cache = std::env::var_os("DBCONN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/dbconn")
-        });
-    let p = cache.join("drivers").join(path);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/drivers.sh (make setup)",
-        p.display()
-    );
-    p
-}
 
 /// Runs `program` against a fresh database behind a pooler and checks every answer.
 fn matrix(driver: &str, mut program: Command) {

@@ -19,8 +19,8 @@ use std::process::Command;
 
 use support::pooler::Pooler;
 use support::{
-    READY, admin_and_ca, apply_yaml, bed, connection, database, get, namespace, operator, repo,
-    unique, wait_for,
+    READY, admin_and_ca, apply_yaml, bed, connection, database, get, installed, namespace,
+    operator, repo, unique, wait_for,
 };
 
 /// The Secret's files under /var/run/dbconn/<connection>, as the kubelet mounts them;
@@ -48,21 +48,6 @@ fn secret_data(ns: &str, name: &str) -> BTreeMap<String, String> {
             (k, String::from_utf8(bytes).expect("utf-8"))
         })
         .collect()
-}
-
-fn cache(path: &str) -> PathBuf {
-    let cache = std::env::var_os("DBCONN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/dbconn")
-        });
-    let p = cache.join("drivers").join(path);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/drivers.sh (make setup)",
-        p.display()
-    );
-    p
 }
 
 /// Runs a client with exactly `env` (and PATH/HOME); its stdout lines.
@@ -145,7 +130,7 @@ fn frameworks_connect_unedited_through_the_sidecar_and_directly() {
     assert_eq!(lines, [format!("psql {role} t")], "straight to the server");
 
     // Python: psycopg, SQLAlchemy + asyncpg, Django with dj-database-url.
-    let mut python = Command::new(cache("python/bin/python"));
+    let mut python = Command::new(installed("python/bin/python"));
     python.arg(repo().join("tests/frameworks/python_clients.py"));
     let lines = run(
         "python frameworks",
@@ -168,7 +153,7 @@ fn frameworks_connect_unedited_through_the_sidecar_and_directly() {
     // node-postgres, the CA read from the file direct-uri names.
     let mut node = Command::new("node");
     node.arg(repo().join("tests/frameworks/node_client.js"));
-    let modules = cache("node/node_modules");
+    let modules = installed("node/node_modules");
     let lines = run(
         "node-postgres",
         node,

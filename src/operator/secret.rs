@@ -119,14 +119,22 @@ fn host_in_url(host: &str) -> String {
     }
 }
 
-fn uri(f: &Fields, t: &Target) -> String {
-    let mut s = format!(
-        "postgresql://{}:{}@{}:{}/{}?sslmode={}",
+/// `<scheme>://user:password@host:port/dbname?`, every part percent-encoded.
+fn url_base(scheme: &str, f: &Fields, t: &Target) -> String {
+    format!(
+        "{scheme}://{}:{}@{}:{}/{}?",
         encode(&f.username),
         encode(t.password),
         host_in_url(t.host),
         t.port,
-        encode(&f.dbname),
+        encode(&f.dbname)
+    )
+}
+
+fn uri(f: &Fields, t: &Target) -> String {
+    let mut s = format!(
+        "{}sslmode={}",
+        url_base("postgresql", f, t),
         t.sslmode.as_str()
     );
     if t.direct {
@@ -225,12 +233,8 @@ fn npgsql(f: &Fields, t: &Target) -> String {
 /// `sslmode=`, and reads the CA file from PGSSLROOTCERT.
 fn sqlalchemy_asyncpg(f: &Fields, t: &Target) -> String {
     format!(
-        "postgresql+asyncpg://{}:{}@{}:{}/{}?ssl={}",
-        encode(&f.username),
-        encode(t.password),
-        host_in_url(t.host),
-        t.port,
-        encode(&f.dbname),
+        "{}ssl={}",
+        url_base("postgresql+asyncpg", f, t),
         t.sslmode.as_str()
     )
 }
@@ -252,14 +256,7 @@ fn prisma_direct(f: &Fields) -> String {
             None => "sslmode=require&sslaccept=strict".to_owned(),
         },
     };
-    format!(
-        "postgresql://{}:{}@{}:{}/{}?{tls}",
-        encode(&f.username),
-        encode(&f.server_password),
-        host_in_url(&f.host),
-        f.port,
-        encode(&f.dbname)
-    )
+    format!("{}{tls}", url_base("postgresql", f, &f.server()))
 }
 
 /// A .pgpass line: `:` and `\` escaped with a backslash.

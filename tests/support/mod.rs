@@ -710,3 +710,19 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     };
     (field("VmHWM:"), field("VmRSS:"))
 }
+
+/// A client that scripts/drivers.sh (make setup) installed under the cache's drivers/.
+pub fn installed(path: &str) -> PathBuf {
+    let cache = std::env::var_os("DBCONN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/dbconn")
+        });
+    let p = cache.join("drivers").join(path);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/drivers.sh (make setup)",
+        p.display()
+    );
+    p
+}
