@@ -5,6 +5,7 @@
 //! lists what each reads.
 //!
 //! - libpq/psql through the `PG*` keys, and `direct-uri` (verify-full with the mounted CA);
+//! - pgx through the `PG*` keys (the driver matrix's program, tests/drivers/go);
 //! - psycopg 3 (`uri`, `direct-uri`), SQLAlchemy with asyncpg (`sqlalchemy-asyncpg-uri`),
 //!   Django through dj-database-url (`uri` as DATABASE_URL): tests/frameworks/python_clients.py;
 //! - node-postgres (`uri`, and `direct-uri` with its CA): tests/frameworks/node_client.js.
@@ -77,6 +78,14 @@ fn frameworks_connect_unedited_through_the_sidecar_and_directly() {
     let ns = namespace("fw");
     admin_and_ca(&ns);
     let db = database("fw");
+    // The pgx scenario's table, there before the connection's grants are planned.
+    bed()
+        .postgres
+        .psql(
+            &db,
+            "CREATE TABLE driver_rows (client text NOT NULL, n int NOT NULL)",
+        )
+        .expect("table");
     let name = unique("fw");
     let role = format!("{}_app", db);
     let port = testbed::free_port().expect("port");
@@ -129,6 +138,16 @@ fn frameworks_connect_unedited_through_the_sidecar_and_directly() {
     let lines = run("psql with direct-uri", direct, &[]);
     assert_eq!(lines, [format!("psql {role} t")], "straight to the server");
 
+    // pgx: the driver matrix's program (tests/drivers/go), on the PG* keys alone.
+    let mut pgx_env = pg.clone();
+    pgx_env.extend([("DRIVER_CLIENTS", "2"), ("DRIVER_ITERATIONS", "3")]);
+    let lines = run(
+        "pgx with PG*",
+        Command::new(installed("go/pgx-driver")),
+        &pgx_env,
+    );
+    assert_eq!(lines, ["checks=24"], "2 clients × 3 iterations × 4 checks");
+
     // Python: psycopg, SQLAlchemy + asyncpg, Django with dj-database-url.
     let mut python = Command::new(installed("python/bin/python"));
     python.arg(repo().join("tests/frameworks/python_clients.py"));
@@ -170,9 +189,9 @@ fn frameworks_connect_unedited_through_the_sidecar_and_directly() {
             format!("{}true", want("node-postgres-direct")),
         ]
     );
-    // The five clients that used uri, PG* or SQLALCHEMY_URL went through the sidecar.
+    // The six clients that used uri, PG* or SQLALCHEMY_URL went through the sidecar.
     assert!(
-        sidecar.metric("dbconn_pooler_transactions_total") >= 5.0,
+        sidecar.metric("dbconn_pooler_transactions_total") >= 6.0,
         "{}",
         sidecar.log_text()
     );
