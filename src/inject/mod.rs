@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, HTTPGetAction, Pod, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Pod, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -257,6 +258,14 @@ fn sidecar(pod: &Pod, connection: &str, t: &Target, s: &Sidecar) -> Container {
             field("POD_NAME", "metadata.name"),
             field("POD_NAMESPACE", "metadata.namespace"),
         ]),
+        // /healthz, /readyz and /metrics (Prometheus): the probes' port, declared so a
+        // PodMonitor can scrape it by name.
+        ports: Some(vec![ContainerPort {
+            name: Some(format!("metrics-{http}")),
+            container_port: i32::try_from(http).unwrap_or(16432),
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        }]),
         // The app starts once the pooler has reached the server.
         startup_probe: Some(probe("/readyz", 1, 120)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
