@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use dbconn::pooler::limits::{
+    MAX_CLIENTS, MAX_PREPARED_STATEMENTS, POOL_SIZE, QUERY_WAIT_TIMEOUT_SECONDS,
+    SERVER_IDLE_TIMEOUT_SECONDS, SERVER_LIFETIME_SECONDS,
+};
 
 #[derive(Parser)]
 #[command(
@@ -237,22 +241,18 @@ struct PoolerArgs {
     /// How clients authenticate: scram, md5 or trust.
     #[arg(long, env = "DBCONN_CLIENT_AUTH", default_value = "scram")]
     client_auth: String,
-    #[arg(long, env = "DBCONN_POOL_SIZE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "DBCONN_POOL_SIZE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(POOL_SIZE.0..=POOL_SIZE.1))]
     pool_size: u32,
     #[arg(long, env = "DBCONN_MIN_IDLE", default_value_t = 1)]
     min_idle: u32,
-    #[arg(long, env = "DBCONN_MAX_CLIENTS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "DBCONN_MAX_CLIENTS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(MAX_CLIENTS.0..=MAX_CLIENTS.1))]
     max_clients: u32,
-    #[arg(
-        long,
-        env = "DBCONN_SERVER_IDLE_TIMEOUT_SECONDS",
-        default_value_t = 600
-    )]
+    #[arg(long, env = "DBCONN_SERVER_IDLE_TIMEOUT_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(SERVER_IDLE_TIMEOUT_SECONDS.0.unsigned_abs()..=SERVER_IDLE_TIMEOUT_SECONDS.1.unsigned_abs()))]
     server_idle_timeout_seconds: u64,
-    #[arg(long, env = "DBCONN_SERVER_LIFETIME_SECONDS", default_value_t = 3600)]
+    #[arg(long, env = "DBCONN_SERVER_LIFETIME_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(SERVER_LIFETIME_SECONDS.0.unsigned_abs()..=SERVER_LIFETIME_SECONDS.1.unsigned_abs()))]
     server_lifetime_seconds: u64,
     /// A client waiting longer than this for a server connection gets an error.
-    #[arg(long, env = "DBCONN_QUERY_WAIT_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "DBCONN_QUERY_WAIT_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(QUERY_WAIT_TIMEOUT_SECONDS.0.unsigned_abs()..=QUERY_WAIT_TIMEOUT_SECONDS.1.unsigned_abs()))]
     query_wait_timeout_seconds: u64,
     #[arg(long, env = "DBCONN_CONNECT_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     connect_timeout_seconds: u64,
@@ -269,7 +269,7 @@ struct PoolerArgs {
     max_message_bytes: u64,
     /// Named prepared statements kept per server connection in transaction mode (the least
     /// recently used is closed first); 0 passes statement names through untouched.
-    #[arg(long, env = "DBCONN_MAX_PREPARED_STATEMENTS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    #[arg(long, env = "DBCONN_MAX_PREPARED_STATEMENTS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(MAX_PREPARED_STATEMENTS.0..=MAX_PREPARED_STATEMENTS.1))]
     max_prepared_statements: u32,
     /// When a server connection is reset (RESET ALL, role, cursors, LISTEN, advisory locks,
     /// temporary tables) before another client's transaction: auto (after anything but plain
@@ -516,4 +516,33 @@ fn crd(dirs: &[PathBuf]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each bounded `dbconn pooler` flag takes its limits and refuses one past them: the same
+    /// numbers the CRD's schema holds for spec.pooler (src/pooler/limits.rs).
+    #[test]
+    fn pooler_flags_take_exactly_the_limits_the_crd_has() {
+        let parse = |flag: &str, v: i64| {
+            Cli::try_parse_from(["dbconn", "pooler", flag, &v.to_string()]).map(|_| ())
+        };
+        for (flag, (min, max)) in [
+            ("--pool-size", POOL_SIZE),
+            ("--max-clients", MAX_CLIENTS),
+            ("--query-wait-timeout-seconds", QUERY_WAIT_TIMEOUT_SECONDS),
+            ("--server-idle-timeout-seconds", SERVER_IDLE_TIMEOUT_SECONDS),
+            ("--server-lifetime-seconds", SERVER_LIFETIME_SECONDS),
+            ("--max-prepared-statements", MAX_PREPARED_STATEMENTS),
+        ] {
+            assert!(parse(flag, min).is_ok(), "{flag} {min}");
+            assert!(parse(flag, max).is_ok(), "{flag} {max}");
+            assert!(parse(flag, max + 1).is_err(), "{flag} {}", max + 1);
+            if min > 0 {
+                assert!(parse(flag, min - 1).is_err(), "{flag} {}", min - 1);
+            }
+        }
+    }
 }

@@ -7,6 +7,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Conditions, CredentialsSecretRef, SecretKeyRef, TlsSpec};
+use crate::pooler::limits::{
+    MAX_CLIENTS, MAX_PREPARED_STATEMENTS, POOL_SIZE, QUERY_WAIT_TIMEOUT_SECONDS,
+    SERVER_IDLE_TIMEOUT_SECONDS, SERVER_LIFETIME_SECONDS,
+};
 
 /// A least-privilege PostgreSQL role for an application, with its connection details
 /// materialized into a Secret in the same namespace.
@@ -345,14 +349,62 @@ pub struct PoolerSpec {
     /// transaction (a server connection per transaction) or session (per client).
     #[serde(default)]
     pub mode: PoolMode,
-    /// Server connections the sidecar keeps at most.
+    /// Server connections the sidecar keeps at most (1 to 1000).
     #[serde(default = "default_pool_size")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = POOL_SIZE.0, max = POOL_SIZE.1))]
     pub pool_size: i32,
     /// Loopback port the sidecar listens on.
     #[serde(default = "default_pooler_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// Client connections the sidecar accepts at once (1 to 100000; default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = MAX_CLIENTS.0, max = MAX_CLIENTS.1))]
+    pub max_clients: Option<i32>,
+    /// Seconds a client may wait for a server connection before SQLSTATE 53300 (1 to 3600;
+    /// default 30; PgBouncer's query_wait_timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = QUERY_WAIT_TIMEOUT_SECONDS.0, max = QUERY_WAIT_TIMEOUT_SECONDS.1))]
+    pub query_wait_timeout_seconds: Option<i32>,
+    /// Seconds an idle server connection is kept (1 to 86400; default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = SERVER_IDLE_TIMEOUT_SECONDS.0, max = SERVER_IDLE_TIMEOUT_SECONDS.1))]
+    pub server_idle_timeout_seconds: Option<i32>,
+    /// Seconds a server connection lives at most (1 to 604800; default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = SERVER_LIFETIME_SECONDS.0, max = SERVER_LIFETIME_SECONDS.1))]
+    pub server_lifetime_seconds: Option<i32>,
+    /// Named prepared statements kept per server connection in transaction mode (0 to
+    /// 100000, 0 passes names through; default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = MAX_PREPARED_STATEMENTS.0, max = MAX_PREPARED_STATEMENTS.1))]
+    pub max_prepared_statements: Option<i32>,
+    /// The sidecar's log level: error, warn, info (default), debug or trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<LogLevel>,
+}
+
+/// A log level, as RUST_LOG takes it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 impl Default for PoolerSpec {
@@ -362,6 +414,12 @@ impl Default for PoolerSpec {
             mode: PoolMode::default(),
             pool_size: default_pool_size(),
             port: default_pooler_port(),
+            max_clients: None,
+            query_wait_timeout_seconds: None,
+            server_idle_timeout_seconds: None,
+            server_lifetime_seconds: None,
+            max_prepared_statements: None,
+            log_level: None,
         }
     }
 }

@@ -51,6 +51,30 @@ pub struct Target {
     pub ready: Result<(), String>,
     /// The connection budget the operator last published.
     pub budget: Option<crate::api::ConnectionBudget>,
+    /// The sidecar's settings from spec.pooler, as its environment (only those set).
+    pub settings: Vec<(&'static str, String)>,
+}
+
+/// spec.pooler's settings as the sidecar's environment variables (`dbconn pooler` reads
+/// them; the bounds are the same on both sides, src/pooler/limits.rs).
+fn pooler_env(p: &crate::api::PoolerSpec) -> Vec<(&'static str, String)> {
+    [
+        ("DBCONN_MAX_CLIENTS", p.max_clients),
+        (
+            "DBCONN_QUERY_WAIT_TIMEOUT_SECONDS",
+            p.query_wait_timeout_seconds,
+        ),
+        (
+            "DBCONN_SERVER_IDLE_TIMEOUT_SECONDS",
+            p.server_idle_timeout_seconds,
+        ),
+        ("DBCONN_SERVER_LIFETIME_SECONDS", p.server_lifetime_seconds),
+        ("DBCONN_MAX_PREPARED_STATEMENTS", p.max_prepared_statements),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v?.to_string())))
+    .chain(p.log_level.map(|l| ("RUST_LOG", l.as_str().to_owned())))
+    .collect()
 }
 
 impl Target {
@@ -75,6 +99,7 @@ impl Target {
             pool_size: c.spec.pooler.pool_size,
             ready,
             budget: c.status.as_ref().and_then(|s| s.budget.clone()),
+            settings: pooler_env(&c.spec.pooler),
         }
     }
 }
@@ -237,27 +262,32 @@ fn sidecar(pod: &Pod, connection: &str, t: &Target, s: &Sidecar) -> Container {
         args: Some(vec!["pooler".to_owned()]),
         // A native sidecar: started before the app's init containers, kept running.
         restart_policy: Some("Always".to_owned()),
-        env: Some(vec![
-            env(
-                "DBCONN_SECRET_DIR",
-                crate::operator::secret::mount_dir(connection),
-            ),
-            env("DBCONN_LISTEN", format!("127.0.0.1:{}", t.port)),
-            // Probes come from the kubelet, on the pod IP.
-            env("DBCONN_HTTP_ADDR", format!("0.0.0.0:{http}")),
-            env(
-                "DBCONN_POOL_MODE",
-                match t.mode {
-                    PoolMode::Transaction => "transaction",
-                    PoolMode::Session => "session",
-                }
-                .to_owned(),
-            ),
-            env("DBCONN_POOL_SIZE", t.pool_size.to_string()),
-            env("DBCONN_LOG_JSON", "true".to_owned()),
-            field("POD_NAME", "metadata.name"),
-            field("POD_NAMESPACE", "metadata.namespace"),
-        ]),
+        env: Some(
+            vec![
+                env(
+                    "DBCONN_SECRET_DIR",
+                    crate::operator::secret::mount_dir(connection),
+                ),
+                env("DBCONN_LISTEN", format!("127.0.0.1:{}", t.port)),
+                // Probes come from the kubelet, on the pod IP.
+                env("DBCONN_HTTP_ADDR", format!("0.0.0.0:{http}")),
+                env(
+                    "DBCONN_POOL_MODE",
+                    match t.mode {
+                        PoolMode::Transaction => "transaction",
+                        PoolMode::Session => "session",
+                    }
+                    .to_owned(),
+                ),
+                env("DBCONN_POOL_SIZE", t.pool_size.to_string()),
+                env("DBCONN_LOG_JSON", "true".to_owned()),
+                field("POD_NAME", "metadata.name"),
+                field("POD_NAMESPACE", "metadata.namespace"),
+            ]
+            .into_iter()
+            .chain(t.settings.iter().map(|(k, v)| env(k, v.clone())))
+            .collect(),
+        ),
         // /healthz, /readyz and /metrics (Prometheus): the probes' port, declared so a
         // PodMonitor can scrape it by name.
         ports: Some(vec![ContainerPort {
@@ -490,13 +520,22 @@ mod tests {
                 Err("ServerUnreachable: connection refused".into())
             },
             budget: None,
+            settings: Vec::new(),
         }
     }
 
     fn lookup(name: &str) -> Option<Target> {
         match name {
             "orders" => Some(target(6432, true)),
-            "reports" => Some(target(6433, true)),
+            "reports" => Some(Target {
+                settings: pooler_env(&crate::api::PoolerSpec {
+                    max_clients: Some(50),
+                    query_wait_timeout_seconds: Some(5),
+                    log_level: Some(crate::api::LogLevel::Debug),
+                    ..Default::default()
+                }),
+                ..target(6433, true)
+            }),
             "same-port" => Some(target(6432, true)),
             "broken" => Some(target(6434, false)),
             // 4 pods × 5 of a role limit of 20: one more does not fit.

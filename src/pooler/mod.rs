@@ -6,6 +6,7 @@
 
 mod client;
 pub mod config;
+pub mod limits;
 mod metrics;
 mod pool;
 pub mod prepared;
