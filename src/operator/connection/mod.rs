@@ -126,7 +126,7 @@ fn rotation(conn: &DatabaseConnection, refs: &dereference::Refs, r: &mut Report)
     if matches!(step, Step::Stage(_) | Step::Switch) {
         tracing::info!(
             connection = %conn.metadata.name.as_deref().unwrap_or_default(),
-            step = ?std::mem::discriminant(step),
+            ?step,
             "password rotation"
         );
     }
