@@ -14,42 +14,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::pooler::Pooler;
 use support::{
-    READY, admin_and_ca, apply_yaml, bed, connection, database, get, installed, namespace,
-    operator, repo, unique, wait_for,
+    READY, admin_and_ca, apply_yaml, bed, connection, database, installed, mount_secret, namespace,
+    operator, repo, secret_data, unique, wait_for,
 };
-
-/// The Secret's files under /var/run/dbconn/<connection>, as the kubelet mounts them;
-/// removed when dropped.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        if let Some(parent) = self.0.parent() {
-            let _ = std::fs::remove_dir(parent); // only when empty
-        }
-    }
-}
-
-fn secret_data(ns: &str, name: &str) -> BTreeMap<String, String> {
-    use base64::Engine;
-    let json = get(ns, "secret", name, "{.data}");
-    let data: BTreeMap<String, String> = serde_json::from_str(&json).expect("secret data");
-    data.into_iter()
-        .map(|(k, v)| {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(v)
-                .expect("base64");
-            (k, String::from_utf8(bytes).expect("utf-8"))
-        })
-        .collect()
-}
 
 /// Runs a client with exactly `env` (and PATH/HOME); its stdout lines.
 fn run(what: &str, mut cmd: Command, env: &[(&str, &str)]) -> Vec<String> {
@@ -104,13 +75,8 @@ fn frameworks_connect_unedited_through_the_sidecar_and_directly() {
     let data = secret_data(&ns, &name);
 
     // The files, where the Secret's values name them.
-    let dir = Path::new(&dbconn::operator::secret::mount_dir(&name)).to_path_buf();
-    std::fs::create_dir_all(&dir).expect("mount dir");
-    let _mounted = Mounted(dir.clone());
-    for (k, v) in &data {
-        std::fs::write(dir.join(k), v).expect("secret file");
-    }
-    let sidecar = Pooler::on_secret_dir(dir.clone(), port, &[]);
+    let mounted = mount_secret(&name, &data);
+    let sidecar = Pooler::on_secret_dir(mounted.0.clone(), port, &[]);
     sidecar.wait_ready();
     assert_eq!(
         data["host"], "127.0.0.1",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     Operator, READY, admin_and_ca, apply_yaml, bed, connection, database, get, helm, kubectl,
-    kubectl_ok, namespace, token_kubeconfig, unique, wait_for,
+    kubectl_ok, namespace, token_kubeconfig, try_apply, unique, wait_for,
 };
 
 /// A helm release, uninstalled when dropped (even when the test fails): its webhook
@@ -34,21 +34,6 @@ fn pod(ns: &str, name: &str, labels: &str, annotations: &str, spec: &str) -> Str
 }
 
 const APP: &str = "  containers:\n    - name: app\n      image: shop/app:1.0\n";
-
-/// `kubectl apply` of a manifest: (success, stdout + stderr).
-fn try_apply(yaml: &str) -> (bool, String) {
-    let path = std::env::temp_dir().join(format!("{}.yaml", unique("pod")));
-    std::fs::write(&path, yaml).expect("write");
-    let out = kubectl(&["apply", "-f", path.to_str().expect("path")]);
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 fn init_names(ns: &str, pod: &str) -> String {
     get(ns, "pod", pod, "{.spec.initContainers[*].name}")

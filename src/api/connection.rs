@@ -60,8 +60,11 @@ use crate::pooler::limits::{
     "database is immutable: create a new DatabaseConnection to use another database"
 ))]
 #[x_kube(validation = Rule::new(
-    "!has(self.role.rotation) || (has(self.pooler) && has(self.pooler.enabled) && self.pooler.enabled && !has(self.role.passwordSecretRef))"
-).message("role.rotation needs pooler.enabled (the sidecar keeps the apps' password while the role's changes) and no role.passwordSecretRef (dbconn rotates only passwords it generates)"))]
+    "!has(self.role.rotation) || !has(self.role.passwordSecretRef)"
+).message("role.rotation needs no role.passwordSecretRef: dbconn rotates only passwords it generates"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.role.rotation) || (has(self.pooler) && has(self.pooler.enabled) && self.pooler.enabled) || size(bytes(self.role.name)) <= 59"
+).message("role.rotation without the pooler alternates between role.name and role.name + '_alt': role.name must be at most 59 bytes"))]
 #[x_kube(validation = Rule::new("self.role.name == oldSelf.role.name").message(
     "role.name is immutable: create a new DatabaseConnection for another role"
 ))]
@@ -206,10 +209,15 @@ pub struct RoleSpec {
     /// Without it dbconn generates one once and keeps it in the connection's Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
-    /// Rotate the role's generated password without downtime: needs `pooler.enabled` (the
-    /// apps' password to the sidecar stays; the sidecar takes the new server password from
-    /// the mounted Secret) and no `passwordSecretRef`. Rotate now by setting the annotation
-    /// `dbconn.io/rotate` to a new value.
+    /// Rotate the role's generated password without downtime (not with `passwordSecretRef`).
+    /// Rotate now by setting the annotation `dbconn.io/rotate` to a new value.
+    ///
+    /// With `pooler.enabled` the apps' password to the sidecar stays; the sidecar takes the
+    /// new server password from the mounted Secret. Without the pooler the role gets an
+    /// alternate login role, `<role.name>_alt` (a member of the role whose sessions run as
+    /// it), and each rotation gives the login the Secret does not name a new password and
+    /// names it: pods started before keep working until the next rotation. Annotate a
+    /// Deployment `dbconn.io/rollout-on-rotation: <connection>` to restart it after each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationSpec>,
 }
@@ -222,9 +230,10 @@ pub struct RotationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 60, max = 31_536_000))]
     pub period_seconds: Option<i64>,
-    /// Seconds between putting the next password in the Secret and setting it on the server:
-    /// the time kubelets take to update the Secret mounted in every pod (5 to 3600, default
-    /// 120; kubelet's syncFrequency plus its Secret cache TTL).
+    /// With the pooler, seconds between putting the next password in the Secret and setting
+    /// it on the server: the time kubelets take to update the Secret mounted in every pod (5
+    /// to 3600, default 120; kubelet's syncFrequency plus its Secret cache TTL). Unused
+    /// without the pooler, whose old login stays valid until the next rotation.
     #[serde(default = "default_propagation_seconds")]
     #[schemars(range(min = 5, max = 3600))]
     pub propagation_seconds: i64,

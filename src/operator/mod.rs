@@ -9,6 +9,7 @@ mod leader;
 pub mod metrics;
 pub mod policy;
 pub mod resolve;
+pub mod rollout;
 pub mod rotation;
 pub mod secret;
 mod server;

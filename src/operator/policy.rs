@@ -106,6 +106,17 @@ impl Rules {
         Ok(())
     }
 
+    /// Whether the namespace may use `role` as the alternate login of rotation without the
+    /// pooler (`<role.name>_alt`): it must match roleNames like role.name itself.
+    pub fn check_alternate(&self, role: &str) -> Result<(), Refusal> {
+        self.allow(
+            RefusalKind::RoleName,
+            "use role (the alternate login of rotation without the pooler)",
+            role,
+            |r| &r.role_names,
+        )
+    }
+
     /// Whether `role` may be named in defaultPrivilegesFor: it matches roleNames (the
     /// namespace's own roles, such as its migration role). Owners of the connection's
     /// schemas are allowed by the caller, which knows them.

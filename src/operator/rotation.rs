@@ -1,6 +1,6 @@
-//! Zero-downtime password rotation with the pooler (spec.role.rotation), as a pure decision.
+//! Zero-downtime password rotation (spec.role.rotation), as a pure decision.
 //!
-//! The apps' password (the Secret's `password`, what they send the sidecar) never changes.
+//! **With the pooler**, the apps' password (the Secret's `password`, what they send the sidecar) never changes.
 //! The role's password (`server-password`, what the sidecar sends the server) changes in two
 //! reconciles:
 //! 1. **stage**: a new password goes into the Secret as `server-password-next`; the server
@@ -9,6 +9,15 @@
 //!    SCRAM verifier, by the login step), and the Secret's `server-password` becomes it. A
 //!    sidecar whose login with the old password is refused retries with `-next` at once, and
 //!    retires its old server connections after their transactions.
+//!
+//! **Without the pooler**, apps hold the role's credentials themselves (`DATABASE_URL` is
+//! fixed when a pod starts), and PostgreSQL keeps one password per role. So the role has an
+//! *alternate*: a second login role, `<role>_alt`, a member of the role whose sessions start
+//! as the role (`ALTER ROLE … SET role`), so `current_user`, privileges and ownership are the
+//! role's. A rotation is a single **switch**: the login the Secret does not name gets a new
+//! password and the Secret names it. The other login keeps its password, so pods started
+//! before the rotation work until the next one; Deployments annotated
+//! `dbconn.io/rollout-on-rotation: <connection>` are restarted at once (rollout.rs).
 
 use std::time::Duration;
 
@@ -43,6 +52,9 @@ pub struct Input<'a> {
     pub status: Option<&'a RotationStatus>,
     /// `server-password-next` is in the Secret.
     pub staged: bool,
+    /// The pooler is on: stage, wait for kubelets, switch. Without it a rotation switches
+    /// logins at once.
+    pub pooler: bool,
     /// When the connection was created (the first period counts from it).
     pub created: Option<Timestamp>,
     pub now: Timestamp,
@@ -57,12 +69,28 @@ fn until(from: Timestamp, seconds: i64, now: Timestamp) -> Duration {
     Duration::from_secs(u64::try_from(due.saturating_sub(now.as_second())).unwrap_or(0))
 }
 
+/// The alternate login role of `role`, for rotation without the pooler: `<role>_alt`.
+/// At most 63 bytes when `role` is at most 59 (the CRD's bound with rotation and no pooler).
+pub fn alternate(role: &str) -> String {
+    format!("{role}_alt")
+}
+
+/// The login role a rotation without the pooler switches to: the one the Secret does not
+/// name now.
+pub fn standby(role: &str, login: &str) -> String {
+    if login == role {
+        alternate(role)
+    } else {
+        role.to_owned()
+    }
+}
+
 pub fn decide(i: &Input) -> Step {
     let Some(spec) = i.spec.filter(|_| i.generated) else {
         return Step::Keep(None);
     };
     let status = i.status.cloned().unwrap_or_default();
-    if i.staged {
+    if i.staged && i.pooler {
         // Staged by an earlier run; one whose status was not written counts from now.
         let staged = parse(status.staged_time.as_ref()).unwrap_or(i.now);
         let left = until(staged, spec.propagation_seconds, i.now);
@@ -81,7 +109,9 @@ pub fn decide(i: &Input) -> Step {
             .unwrap_or(i.now);
         until(from, p, i.now)
     });
-    if requested || period.is_some_and(|left| left.is_zero()) {
+    if (requested || period.is_some_and(|left| left.is_zero())) && !i.pooler {
+        Step::Switch
+    } else if requested || period.is_some_and(|left| left.is_zero()) {
         Step::Stage(Duration::from_secs(
             u64::try_from(spec.propagation_seconds).unwrap_or(0),
         ))
@@ -135,6 +165,7 @@ mod tests {
             request: None,
             status,
             staged: false,
+            pooler: true,
             created: Some(at(0)),
             now: at(10),
         }
@@ -205,5 +236,30 @@ mod tests {
             Step::Keep(None),
             "rotation turned off drops the staged one"
         );
+    }
+
+    #[test]
+    fn without_the_pooler_a_rotation_switches_logins_at_once_and_alternates() {
+        let s = spec(Some(3600));
+        let mut i = input(&s, None);
+        i.pooler = false;
+        i.request = Some("1");
+        assert_eq!(
+            decide(&i),
+            Step::Switch,
+            "no staging: the old login stays valid"
+        );
+        i.request = None;
+        i.now = at(3600);
+        assert_eq!(decide(&i), Step::Switch, "a period is due");
+        i.now = at(100);
+        i.staged = true; // left by a pooler turned off mid-rotation: nothing waits for it
+        assert_eq!(decide(&i), Step::Keep(Some(Duration::from_secs(3500))));
+        assert_eq!(
+            standby("Shop \"Orders\"", "Shop \"Orders\""),
+            "Shop \"Orders\"_alt"
+        );
+        assert_eq!(standby("r", "r_alt"), "r");
+        assert_eq!(alternate(&"x".repeat(59)).len(), 63);
     }
 }

@@ -142,6 +142,41 @@ pub fn attributes_sql(role: &Ident, connection_limit: i32, state: &RoleState) ->
         .then(|| format!("ALTER ROLE {role} LOGIN CONNECTION LIMIT {connection_limit}"))
 }
 
+/// Creates the alternate login of rotation without the pooler (operator/rotation.rs): it logs
+/// in, is a member of `role`, and its sessions start as `role` (so `current_user`, privileges
+/// and what it creates are the role's), with the role's connection limit and the marker, as
+/// one transaction body. It has no password until the Secret names it (the login step sets
+/// one). `IN ROLE` needs ADMIN OPTION on the role (PostgreSQL 16), which its creator has. Pure.
+pub fn alternate_create_sql(
+    alt: &Ident,
+    role: &Ident,
+    role_name: &str,
+    connection_limit: i32,
+    marker: &str,
+) -> String {
+    format!(
+        "CREATE ROLE {alt} LOGIN CONNECTION LIMIT {connection_limit} IN ROLE {role}; {}; {}",
+        starts_as_sql(alt, role_name),
+        comment_sql(alt, Some(marker))
+    )
+}
+
+/// The per-role setting that starts every session of `alt` with `SET ROLE role_name`.
+fn starts_as_sql(alt: &Ident, role_name: &str) -> String {
+    format!("ALTER ROLE {alt} SET role = {}", literal(role_name))
+}
+
+/// Whether the alternate (`$1`) is a member of the role (`$2`) and starts its sessions as it.
+pub const ALTERNATE_JOINED: &str = "SELECT pg_catalog.pg_has_role($1::pg_catalog.name, $2::pg_catalog.name, 'MEMBER'::pg_catalog.text) \
+     AND EXISTS (SELECT FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) s.setrole \
+     WHERE r.rolname OPERATOR(pg_catalog.=) $1::pg_catalog.text AND s.setdatabase OPERATOR(pg_catalog.=) 0::pg_catalog.oid \
+     AND ('role=' OPERATOR(pg_catalog.||) $2::pg_catalog.text) OPERATOR(pg_catalog.=) ANY (s.setconfig))";
+
+/// Makes the alternate a member of the role again, starting its sessions as it. Pure.
+pub fn alternate_join_sql(alt: &Ident, role: &Ident, role_name: &str) -> String {
+    format!("GRANT {role} TO {alt}; {}", starts_as_sql(alt, role_name))
+}
+
 /// The SQL that sets a role's password from its verifier.
 pub fn password_sql(role: &Ident, verifier: &str) -> String {
     format!("ALTER ROLE {role} PASSWORD {}", literal(verifier))
@@ -193,6 +228,26 @@ pub fn verifier(password: &str) -> String {
 mod tests {
     use super::*;
     use crate::postgres::quote::ident;
+
+    #[test]
+    fn the_alternate_login_is_a_member_that_starts_as_the_role_with_no_password() {
+        let (alt, role) = (
+            ident("Shop \"Orders\"_alt").unwrap(),
+            ident("Shop \"Orders\"").unwrap(),
+        );
+        let sql = alternate_create_sql(&alt, &role, "Shop \"Orders\"", 7, "dbconn: x");
+        assert_eq!(
+            sql,
+            "CREATE ROLE \"Shop \"\"Orders\"\"_alt\" LOGIN CONNECTION LIMIT 7 IN ROLE \"Shop \"\"Orders\"\"\"; \
+             ALTER ROLE \"Shop \"\"Orders\"\"_alt\" SET role = 'Shop \"Orders\"'; \
+             COMMENT ON ROLE \"Shop \"\"Orders\"\"_alt\" IS 'dbconn: x'"
+        );
+        assert!(!sql.contains("PASSWORD"));
+        assert_eq!(
+            alternate_join_sql(&alt, &ident("o'k").unwrap(), "o'k"),
+            "GRANT \"o'k\" TO \"Shop \"\"Orders\"\"_alt\"; ALTER ROLE \"Shop \"\"Orders\"\"_alt\" SET role = 'o''k'"
+        );
+    }
 
     #[test]
     fn a_new_role_is_created_with_a_verifier_and_its_marker_never_the_password() {

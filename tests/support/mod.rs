@@ -285,6 +285,22 @@ pub fn apply_yaml(yaml: &str) {
     );
 }
 
+/// `kubectl apply` of a manifest that may be refused: (success, stdout + stderr).
+pub fn try_apply(yaml: &str) -> (bool, String) {
+    let path = std::env::temp_dir().join(format!("{}.yaml", unique("manifest")));
+    std::fs::write(&path, yaml).expect("write");
+    let out = kubectl(&["apply", "-f", path.to_str().expect("path")]);
+    let _ = std::fs::remove_file(&path);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Runs kubectl until it succeeds (for example while the apiserver still publishes a new
 /// CRD's OpenAPI), at most `secs` seconds.
 pub fn kubectl_eventually(args: &[&str], secs: u64) -> String {
@@ -450,7 +466,11 @@ pub fn database(prefix: &str) -> String {
 
 /// Changes an annotation so the operator reconciles now instead of at its next re-check.
 pub fn poke(ns: &str, name: &str) {
-    let value = format!("poke={}", unique("p"));
+    annotate(ns, name, &format!("test.dbconn.io/poke={}", unique("p")));
+}
+
+/// Sets `key=value` on a DatabaseConnection.
+pub fn annotate(ns: &str, name: &str, key_value: &str) {
     kubectl_ok(&[
         "-n",
         ns,
@@ -458,7 +478,7 @@ pub fn poke(ns: &str, name: &str) {
         "--overwrite",
         "dbconn",
         name,
-        &format!("test.dbconn.io/{value}"),
+        key_value,
     ]);
 }
 
@@ -725,4 +745,47 @@ pub fn installed(path: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// A connection Secret's data, decoded.
+pub fn secret_data(ns: &str, name: &str) -> std::collections::BTreeMap<String, String> {
+    use base64::Engine;
+    let json = get(ns, "secret", name, "{.data}");
+    let data: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&json).expect("secret data");
+    data.into_iter()
+        .map(|(k, v)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .expect("base64");
+            (k, String::from_utf8(bytes).expect("utf-8"))
+        })
+        .collect()
+}
+
+/// The Secret's files under /var/run/dbconn/<connection>, as the kubelet mounts them;
+/// removed when dropped.
+pub struct Mounted(pub PathBuf);
+
+/// Writes a connection Secret's data where the webhook mounts it, so the paths its values
+/// name exist on this machine.
+pub fn mount_secret(
+    connection: &str,
+    data: &std::collections::BTreeMap<String, String>,
+) -> Mounted {
+    let dir = PathBuf::from(dbconn::operator::secret::mount_dir(connection));
+    std::fs::create_dir_all(&dir).expect("mount dir");
+    for (k, v) in data {
+        std::fs::write(dir.join(k), v).expect("secret file");
+    }
+    Mounted(dir)
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent); // only when empty
+        }
+    }
 }

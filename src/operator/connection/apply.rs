@@ -103,13 +103,13 @@ pub async fn role(refs: &Refs, facts: &Facts, plan: &Plan, admin: &Client) -> Re
                 &role::verifier(&plan.password),
                 &plan.marker.comment(""),
             );
-            claimed(refs, plan, None, &sql).await?;
-            return Ok(());
+            claimed(refs, &plan.role_name, None, &sql).await?;
+            return alternate(refs, plan, admin).await;
         }
         Claim::Adopt { previous } | Claim::Reclaim { previous, .. } => {
             // authorize proved the password by logging in as the role.
             let sql = role::comment_sql(&plan.role, Some(&plan.marker.comment(previous)));
-            claimed(refs, plan, current, &sql).await?;
+            claimed(refs, &plan.role_name, current, &sql).await?;
         }
         Claim::Owned { remark: true, .. } => {
             // A marker in the older form: the same owner, written as today.
@@ -132,7 +132,63 @@ pub async fn role(refs: &Refs, facts: &Facts, plan: &Plan, admin: &Client) -> Re
             .await
             .map_err(|e| at(ROLE_READY)(Error::sql("setting the role's attributes", e)))?;
     }
-    Ok(())
+    alternate(refs, plan, admin).await
+}
+
+/// Keeps the alternate login of rotation without the pooler, when the plan has one: created
+/// under the claim lock with this connection's marker, then kept a member of the role that
+/// starts as it, with the role's connection limit. A role of that name that is not this
+/// connection's is never touched.
+async fn alternate(refs: &Refs, plan: &Plan, admin: &Client) -> Result<(), Failed> {
+    let Some((name, alt)) = &plan.alternate else {
+        return Ok(());
+    };
+    let state = role::inspect(admin, name)
+        .await
+        .map_err(|e| at(AUTHORIZED)(Error::sql("reading the alternate login role", e)))?;
+    let marker = role::Marker {
+        origin: role::Origin::Created,
+        ..plan.marker.clone()
+    };
+    let Some(state) = state else {
+        let sql = role::alternate_create_sql(
+            alt,
+            &plan.role,
+            &plan.role_name,
+            plan.connection_limit,
+            &marker.comment(&format!(
+                "alternate login of role {} for password rotation",
+                plan.role
+            )),
+        );
+        return claimed(refs, name, None, &sql).await;
+    };
+    let ours = role::Marker::parse(&state.comment).is_some_and(|m| m.uid == marker.uid);
+    if !ours || state.privileged {
+        return Err(at(AUTHORIZED)(Error::RoleClaimed {
+            role: name.clone(),
+            owner: "someone else (rotation without the pooler needs role.name + \"_alt\" as its alternate login: drop or rename that role)".into(),
+        }));
+    }
+    let joined: bool = admin
+        .query_one(role::ALTERNATE_JOINED, &[name, &plan.role_name])
+        .await
+        .map_err(|e| at(ROLE_READY)(Error::sql("reading the alternate login role", e)))?
+        .get(0);
+    let sql: Vec<String> = role::attributes_sql(alt, plan.connection_limit, &state)
+        .into_iter()
+        .chain((!joined).then(|| role::alternate_join_sql(alt, &plan.role, &plan.role_name)))
+        .collect();
+    if sql.is_empty() {
+        return Ok(());
+    }
+    ensure_owner(admin, name, &marker.uid)
+        .await
+        .map_err(at(AUTHORIZED))?;
+    admin
+        .batch_execute(&sql.join("; "))
+        .await
+        .map_err(|e| at(ROLE_READY)(Error::sql("setting the alternate login role", e)))
 }
 
 /// Runs `sql` (the claim) in one transaction on the administrative database, under the
@@ -140,7 +196,7 @@ pub async fn role(refs: &Refs, facts: &Facts, plan: &Plan, admin: &Client) -> Re
 /// another connection got there first and the next reconcile decides again.
 async fn claimed(
     refs: &Refs,
-    plan: &Plan,
+    role_name: &str,
     expected: Option<&RoleState>,
     sql: &str,
 ) -> Result<(), Failed> {
@@ -156,15 +212,15 @@ async fn claimed(
         .transaction()
         .await
         .map_err(fail("starting the claim"))?;
-    tx.execute(role::CLAIM_LOCK, &[&plan.role_name])
+    tx.execute(role::CLAIM_LOCK, &[&role_name])
         .await
         .map_err(fail("taking the claim lock"))?;
-    let now = role::inspect(&tx, &plan.role_name)
+    let now = role::inspect(&tx, role_name)
         .await
         .map_err(fail("reading the role"))?;
     if now.as_ref().map(|s| &s.comment) != expected.map(|s| &s.comment) {
         return Err(at(AUTHORIZED)(Error::RoleClaimed {
-            role: plan.role_name.clone(),
+            role: role_name.to_owned(),
             owner: "another DatabaseConnection, which claimed it at the same moment (retrying)"
                 .into(),
         }));
@@ -173,7 +229,7 @@ async fn claimed(
         .await
         .map_err(fail("claiming the role"))?;
     tx.commit().await.map_err(fail("committing the claim"))?;
-    tracing::info!(role = %plan.role_name, "role claimed");
+    tracing::info!(role = %role_name, "role claimed");
     Ok(())
 }
 
@@ -285,22 +341,23 @@ pub async fn ensure_owner(
     })
 }
 
-/// Logs in as the role. The role is this connection's by now, so a refused password (a new
-/// one generated after its Secret was deleted, or a changed passwordSecretRef) is set, as a
-/// verifier, and the login tried again.
+/// Logs in as the login role the Secret names (the role, or its alternate). It is this
+/// connection's by now, so a refused password (a rotation's new one, one generated after its
+/// Secret was deleted, or a changed passwordSecretRef) is set, as a verifier, and the login
+/// tried again.
 pub async fn login(refs: &Refs, plan: &Plan, admin: &Client) -> Result<Session, Failed> {
-    match refs.server.login(&plan.role_name, &plan.password).await {
+    match refs.server.login(&plan.login_name, &plan.password).await {
         Err(ConnectError::PasswordRejected(_)) => {
-            ensure_owner(admin, &plan.role_name, &plan.marker.uid)
+            ensure_owner(admin, &plan.login_name, &plan.marker.uid)
                 .await
                 .map_err(at(AUTHORIZED))?;
-            let sql = role::password_sql(&plan.role, &role::verifier(&plan.password));
+            let sql = role::password_sql(&plan.login, &role::verifier(&plan.password));
             admin
                 .batch_execute(&sql)
                 .await
                 .map_err(|e| at(ROLE_READY)(Error::sql("setting the password", e)))?;
             refs.server
-                .login(&plan.role_name, &plan.password)
+                .login(&plan.login_name, &plan.password)
                 .await
                 .map_err(at(ROLE_READY))
         }

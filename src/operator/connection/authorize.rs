@@ -63,12 +63,16 @@ pub fn policy(refs: &Refs, spec: &DatabaseConnectionSpec) -> Result<(), Failed> 
     {
         return Err(at(AUTHORIZED)(Error::SystemSchema(schema.clone())));
     }
-    match &refs.server.rules {
-        Some(rules) => rules
-            .check(spec)
-            .map_err(|r| at(AUTHORIZED)(Error::NotAllowed(r))),
-        None => Ok(()),
-    }
+    let Some(rules) = &refs.server.rules else {
+        return Ok(());
+    };
+    rules
+        .check(spec)
+        .and_then(|()| match &refs.password.alternate {
+            Some(alt) => rules.check_alternate(alt),
+            None => Ok(()),
+        })
+        .map_err(|r| at(AUTHORIZED)(Error::NotAllowed(r)))
 }
 
 /// An inline server's address is immutable, also where it comes from a URL Secret the tenant

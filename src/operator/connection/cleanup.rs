@@ -207,14 +207,29 @@ async fn on_server(
             ))
         }
         Undo::Drop => {
-            drop_role(
-                &resolved,
-                &mut admin.client,
-                (&user, &password),
-                &role_name,
-                &role_ident,
-            )
-            .await
+            // The alternate login of rotation without the pooler goes first: it is a member
+            // of the role.
+            let alt_name = crate::operator::rotation::alternate(&role_name);
+            let alt = role::inspect(&admin.client, &alt_name)
+                .await
+                .map_err(|e| Error::sql("reading the alternate login role", e))?;
+            let alt_ours = alt.is_some_and(|s| {
+                !s.privileged && Marker::parse(&s.comment).is_some_and(|m| m.uid == me(conn).uid)
+            });
+            let mut notes = Vec::new();
+            if alt_ours {
+                let alt_ident = ident(&alt_name)?;
+                let creds = (user.as_str(), password.as_str());
+                notes.push(
+                    drop_role(&resolved, &mut admin.client, creds, &alt_name, &alt_ident).await?,
+                );
+            }
+            let creds = (user.as_str(), password.as_str());
+            notes.insert(
+                0,
+                drop_role(&resolved, &mut admin.client, creds, &role_name, &role_ident).await?,
+            );
+            Ok(notes.join("; "))
         }
     }
 }

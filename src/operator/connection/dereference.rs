@@ -58,6 +58,11 @@ pub struct Password {
     pub next: Option<String>,
     /// What this run does about rotation.
     pub rotation: rotation::Step,
+    /// The login role the Secret names once this run is done: the role, or its alternate
+    /// (rotation without the pooler, rotation.rs).
+    pub login: String,
+    /// The alternate login role, when the connection has one (rotation without the pooler).
+    pub alternate: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,19 +122,35 @@ pub async fn refs(
     let staged = stored("server-password-next");
     let request = conn.annotations().get(rotation::ROTATE).map(String::as_str);
     let step = rotation::decide(&rotation::Input {
-        spec: conn.spec.role.rotation.as_ref().filter(|_| pooler),
+        spec: conn.spec.role.rotation.as_ref(),
         generated: source == PasswordSource::Stored,
         request,
         status: conn.status.as_ref().and_then(|s| s.rotation.as_ref()),
         staged: staged.is_some(),
+        pooler,
         created: conn.metadata.creation_timestamp.as_ref().map(|t| t.0),
         now: k8s_openapi::jiff::Timestamp::now(),
     });
-    let (value, next) = match (&step, staged) {
-        (rotation::Step::Stage(_), _) => (value, Some(generate()?)),
-        (rotation::Step::Wait(_), staged) => (value, staged),
-        (rotation::Step::Switch, Some(staged)) => (staged, None),
-        _ => (value, None),
+    // Without the pooler, a rotation of a generated password alternates two logins.
+    let role_name = &conn.spec.role.name;
+    let alternate = (conn.spec.role.rotation.is_some()
+        && !pooler
+        && conn.spec.role.password_secret_ref.is_none()
+        && server.admin.is_some())
+    .then(|| rotation::alternate(role_name));
+    let login = match (&alternate, stored("username")) {
+        (Some(alt), Some(user)) if user == *alt => alt.clone(),
+        _ => role_name.clone(),
+    };
+    let (value, next, login) = match (&step, staged) {
+        (rotation::Step::Stage(_), _) => (value, Some(generate()?), login),
+        (rotation::Step::Wait(_), staged) => (value, staged, login),
+        (rotation::Step::Switch, Some(staged)) if pooler => (staged, None, login),
+        (rotation::Step::Switch, _) if !pooler => {
+            let standby = rotation::standby(role_name, &login);
+            (generate()?, None, standby)
+        }
+        _ => (value, None, login),
     };
     let client = match stored("password") {
         Some(client) if pooler => client,
@@ -143,6 +164,8 @@ pub async fn refs(
         client,
         next,
         rotation: step,
+        login,
+        alternate,
     };
     Ok(Refs {
         namespace,

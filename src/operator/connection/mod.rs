@@ -11,6 +11,7 @@
 
 mod apply;
 mod authorize;
+pub use apply::MANAGER;
 pub mod cleanup;
 mod dereference;
 mod plan;
@@ -59,7 +60,7 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
     // Until this run reaches a server, status keeps the one it had.
     r.server = conn.status.as_ref().and_then(|s| s.server.clone());
     let refs = dereference::refs(ctx, conn, Purpose::Reconcile).await?;
-    rotation(conn, &refs, r);
+    let mut switched = rotation(conn, &refs, r);
     authorize::same_server(conn, &refs)?;
     r.server = Some(refs.server.label.clone());
     authorize::policy(&refs, &conn.spec)?;
@@ -85,6 +86,11 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
 
     let plan = plan::plan(conn, &refs, &facts)?;
     apply::secret(ctx, conn, &refs, &plan).await?;
+    if let Some(switched) = switched.take() {
+        // The Secret names the new login now: the rotation happened (a failure after this
+        // is repaired by the next run's login, never by another switch).
+        r.rotation = Some(switched);
+    }
     r.secret_name = Some(refs.secret_name.clone());
     r.done.push(secret_ready(&refs));
     apply::role(&refs, &facts, &plan, &admin.client).await?;
@@ -99,17 +105,52 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
     ));
     let app = apply::login(&refs, &plan, &admin.client).await?;
     r.done.push(logged_in(&plan));
-    prove::prove(&app.client, &plan, r).await
+    let ready = prove::prove(&app.client, &plan, r).await?;
+    if plan.alternate.is_some() && refs.password.rotation == super::rotation::Step::Switch {
+        rollout(conn, ctx, &refs.namespace).await;
+    }
+    Ok(ready)
 }
 
-/// What this run does about password rotation, for status and the next look.
-fn rotation(conn: &DatabaseConnection, refs: &dereference::Refs, r: &mut Report) {
-    use super::rotation::{ROTATE, Step, status_after};
-    if conn.spec.role.rotation.is_none() {
-        return;
+/// After a rotation without the pooler, restarts the Deployments that opted in (rollout.rs);
+/// an Event says which, or why not.
+async fn rollout(conn: &DatabaseConnection, ctx: &Context, namespace: &str) {
+    use kube::runtime::events::EventType;
+    let name = conn.metadata.name.as_deref().unwrap_or_default();
+    let at = k8s_openapi::jiff::Timestamp::now().to_string();
+    match super::rollout::restart(&ctx.client, namespace, name, &at).await {
+        Ok(restarted) if restarted.is_empty() => {}
+        Ok(restarted) => {
+            let note = format!(
+                "password rotated; restarted Deployments {} ({} annotation)",
+                restarted.join(", "),
+                super::rollout::ROLLOUT_ON_ROTATION
+            );
+            report::publish(conn, ctx, EventType::Normal, "RolledOut", note).await;
+        }
+        Err(e) => {
+            let note = format!(
+                "password rotated, but restarting the Deployments annotated {} failed: {e}; pods started before keep the old login until the next rotation",
+                super::rollout::ROLLOUT_ON_ROTATION
+            );
+            report::publish(conn, ctx, EventType::Warning, "RolloutFailed", note).await;
+        }
     }
+}
+
+/// What this run does about password rotation, for status and the next look. A switch
+/// without the pooler is returned instead, to be recorded once the Secret names the new
+/// login: recorded before, a run that fails first would lose the rotation.
+fn rotation(
+    conn: &DatabaseConnection,
+    refs: &dereference::Refs,
+    r: &mut Report,
+) -> Option<crate::api::RotationStatus> {
+    use super::rotation::{ROTATE, Step, status_after};
+    conn.spec.role.rotation.as_ref()?;
     let step = &refs.password.rotation;
-    r.rotation = Some(status_after(
+    let before = conn.status.as_ref().and_then(|s| s.rotation.clone());
+    let after = Some(status_after(
         step,
         conn.status.as_ref().and_then(|s| s.rotation.as_ref()),
         conn.metadata
@@ -119,6 +160,8 @@ fn rotation(conn: &DatabaseConnection, refs: &dereference::Refs, r: &mut Report)
             .map(String::as_str),
         k8s_openapi::jiff::Timestamp::now(),
     ));
+    let deferred = refs.password.alternate.is_some() && *step == Step::Switch;
+    r.rotation = if deferred { before } else { after.clone() };
     r.requeue = match step {
         Step::Stage(d) | Step::Wait(d) | Step::Keep(Some(d)) => Some(*d),
         Step::Keep(None) | Step::Switch => None,
@@ -130,6 +173,7 @@ fn rotation(conn: &DatabaseConnection, refs: &dereference::Refs, r: &mut Report)
             "password rotation"
         );
     }
+    after.filter(|_| deferred)
 }
 
 /// Without admin credentials dbconn only validates: it logs in as the role with its own
@@ -201,6 +245,13 @@ fn logged_in(plan: &plan::Plan) -> Cond {
     Cond::ok(
         ROLE_READY,
         "LoggedIn",
-        format!("role {} logs in", plan.role),
+        if plan.login_name == plan.role_name {
+            format!("role {} logs in", plan.role)
+        } else {
+            format!(
+                "role {} logs in through its alternate login {}",
+                plan.role, plan.login
+            )
+        },
     )
 }

@@ -19,6 +19,11 @@ use crate::postgres::role::Marker;
 pub struct Plan {
     pub role_name: String,
     pub role: Ident,
+    /// The login role the Secret names: the role, or its alternate.
+    pub login_name: String,
+    pub login: Ident,
+    /// The alternate login role to keep (rotation without the pooler).
+    pub alternate: Option<(String, Ident)>,
     /// CONNECTION LIMIT; -1 for none.
     pub connection_limit: i32,
     pub password: String,
@@ -55,9 +60,17 @@ fn base(
     let role = ident(&spec.role.name).map_err(at(ROLE_READY))?;
     let privileges = privileges::desired(spec, catalog).map_err(at(GRANTS_APPLIED))?;
     let secret = secret(conn, refs).map_err(at(SECRET_READY))?;
+    let login = ident(&refs.password.login).map_err(at(ROLE_READY))?;
+    let alternate = match &refs.password.alternate {
+        Some(alt) => Some((alt.clone(), ident(alt).map_err(at(ROLE_READY))?)),
+        None => None,
+    };
     Ok(Plan {
         role_name: spec.role.name.clone(),
         role,
+        login_name: refs.password.login.clone(),
+        login,
+        alternate,
         connection_limit: spec.role.connection_limit.unwrap_or(-1),
         password: refs.password.value.clone(),
         marker,
@@ -74,7 +87,7 @@ pub fn secret(conn: &DatabaseConnection, refs: &Refs) -> Result<BTreeMap<String,
         host: server.base.host.clone(),
         port: server.base.port,
         dbname: spec.database.clone(),
-        username: spec.role.name.clone(),
+        username: refs.password.login.clone(),
         password: refs.password.client.clone(),
         server_password: refs.password.value.clone(),
         server_password_next: refs.password.next.clone(),
@@ -140,6 +153,8 @@ mod tests {
                 client: "p".repeat(32),
                 next: None,
                 rotation: crate::operator::rotation::Step::Keep(None),
+                login: "shop_orders".into(),
+                alternate: None,
             },
         }
     }
