@@ -7,6 +7,9 @@
 #            (tests/drivers/python/requirements.txt; the last three for tests/frameworks.rs)
 #   go/      the pgx program, built (modules from the Go module proxy, tests/drivers/go/go.sum)
 #   java/    pgJDBC from Maven Central and the compiled scenario
+#   spring/  a Spring Boot app (tests/frameworks/spring) from Maven Central, as one jar
+#   prisma/  Prisma ORM 7 with @prisma/adapter-pg (tests/frameworks/prisma), client generated
+# (Rails comes from Debian's packages: scripts/setup.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,4 +54,26 @@ if fresh java $src/java/Driver.java; then
     -DoutputDirectory="$out/java" -Dmdep.stripVersion=true >&2
   javac -d "$out/java" -cp "$out/java/postgresql.jar" $src/java/Driver.java
   done_kind java
+fi
+
+spring=tests/frameworks/spring
+if fresh spring $spring/pom.xml $spring/src/main/java/dbconn/spring/App.java $spring/src/main/resources/application.properties; then
+  log "Spring Boot (spring-boot-starter-jdbc) and pgJDBC $PGJDBC_VERSION from Maven Central"
+  mvn -q -B -f $spring/pom.xml package -Dpostgresql.version="$PGJDBC_VERSION" \
+    -Ddbconn.build="$out/spring/build" >&2
+  mv "$out/spring/build/app.jar" "$out/spring/app.jar" && rm -rf "$out/spring/build"
+  done_kind spring
+fi
+
+prisma=tests/frameworks/prisma
+if fresh prisma $prisma/package.json $prisma/package-lock.json $prisma/schema.prisma $prisma/prisma.config.ts; then
+  log "Prisma ORM and @prisma/adapter-pg from npm"
+  cp $prisma/package.json $prisma/package-lock.json $prisma/schema.prisma $prisma/prisma.config.ts "$out/prisma/"
+  # --ignore-scripts: @prisma/engines' postinstall would fetch the schema engine from
+  # binaries.prisma.sh, which only migrations use. `prisma generate` checks that the binary
+  # exists without running it, so a stand-in is named.
+  (cd "$out/prisma" && npm ci --ignore-scripts --silent --no-audit --no-fund >&2 \
+    && PRISMA_SCHEMA_ENGINE_BINARY=/bin/false PRISMA_HIDE_UPDATE_MESSAGE=1 CHECKPOINT_DISABLE=1 \
+       ./node_modules/.bin/prisma generate >&2)
+  done_kind prisma
 fi

@@ -32,6 +32,9 @@ command -v npm >/dev/null || need_apt+=(nodejs npm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v javac >/dev/null || need_apt+=(default-jdk-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
+# Rails for tests/frameworks.rs: railties and Active Record over ruby-pg, from Debian.
+ruby -e 'require "rails"; require "active_record"; require "pg"' 2>/dev/null \
+  || need_apt+=(ruby ruby-pg ruby-activerecord ruby-railties)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -8,7 +8,12 @@
 //! - pgx through the `PG*` keys (the driver matrix's program, tests/drivers/go);
 //! - psycopg 3 (`uri`, `direct-uri`), SQLAlchemy with asyncpg (`sqlalchemy-asyncpg-uri`),
 //!   Django through dj-database-url (`uri` as DATABASE_URL): tests/frameworks/python_clients.py;
-//! - node-postgres (`uri`, and `direct-uri` with its CA): tests/frameworks/node_client.js.
+//! - node-postgres (`uri`, and `direct-uri` with its CA): tests/frameworks/node_client.js;
+//! - Prisma ORM 7 with @prisma/adapter-pg (`uri`, `direct-uri`): tests/frameworks/prisma;
+//! - Rails, railties and Active Record (`uri` as DATABASE_URL, then `direct-uri`):
+//!   tests/frameworks/rails_client.rb;
+//! - Spring Boot (`SPRING_DATASOURCE_URL`, `_USERNAME`, `_PASSWORD`; `direct-jdbc-uri`):
+//!   tests/frameworks/spring.
 //!
 //! The clients come from scripts/drivers.sh (make setup).
 
@@ -155,9 +160,86 @@ fn frameworks_connect_unedited_through_the_sidecar_and_directly() {
             format!("{}true", want("node-postgres-direct")),
         ]
     );
-    // The six clients that used uri, PG* or SQLALCHEMY_URL went through the sidecar.
+
+    // Prisma ORM 7 (its Rust-free client over @prisma/adapter-pg): uri, and direct-uri.
+    let mut prisma = Command::new("node");
+    prisma.arg(repo().join("tests/frameworks/prisma/client.js"));
+    let modules = installed("prisma/node_modules");
+    let served = sidecar.metric("dbconn_pooler_transactions_total");
+    let lines = run(
+        "prisma",
+        prisma,
+        &[
+            ("NODE_PATH", modules.to_str().expect("path")),
+            ("DATABASE_URL", &data["uri"]),
+            ("DIRECT_URL", &data["direct-uri"]),
+        ],
+    );
+    assert_eq!(
+        lines,
+        [
+            format!("{}true", want("prisma")),
+            format!("{}true", want("prisma-direct")),
+        ]
+    );
+    let through = |served: f64| {
+        let now = sidecar.metric("dbconn_pooler_transactions_total");
+        assert!(now > served, "through the sidecar: {now} after {served}");
+        now
+    };
+    let served = through(served);
+
+    // Rails (railties + Active Record): DATABASE_URL, then the direct URL the same way.
+    let mut rails = Command::new("ruby");
+    rails.arg(repo().join("tests/frameworks/rails_client.rb"));
+    let lines = run(
+        "rails",
+        rails,
+        &[
+            ("DATABASE_URL", &data["uri"]),
+            ("DIRECT_URL", &data["direct-uri"]),
+        ],
+    );
+    assert_eq!(
+        lines,
+        [
+            format!("{}true", want("rails")),
+            format!("{}true", want("rails-direct")),
+        ]
+    );
+    let served = through(served);
+
+    // Spring Boot: the three SPRING_DATASOURCE_* keys as they are (envFrom), through the
+    // sidecar; then direct-jdbc-uri, as a migration tool's datasource would name it.
+    let spring = || {
+        let mut c = Command::new("java");
+        c.arg("-jar").arg(installed("spring/app.jar"));
+        c
+    };
+    let spring_env: Vec<(&str, &str)> = data
+        .iter()
+        .filter(|(k, _)| k.starts_with("SPRING_DATASOURCE_"))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(spring_env.len(), 3, "{spring_env:?}");
+    let lines = run("spring-boot", spring(), &spring_env);
+    assert_eq!(lines, [format!("{}true", want("spring-boot"))]);
+    through(served);
+    let lines = run(
+        "spring-boot direct",
+        spring(),
+        &[
+            ("SPRING_DATASOURCE_URL", &data["direct-jdbc-uri"]),
+            ("SPRING_DATASOURCE_USERNAME", &data["username"]),
+            ("SPRING_DATASOURCE_PASSWORD", &data["server-password"]),
+        ],
+    );
+    assert_eq!(lines, [format!("{}true", want("spring-boot"))]);
+
+    // The nine clients that used uri, PG*, SQLALCHEMY_URL or SPRING_DATASOURCE_* went through
+    // the sidecar.
     assert!(
-        sidecar.metric("dbconn_pooler_transactions_total") >= 6.0,
+        sidecar.metric("dbconn_pooler_transactions_total") >= 9.0,
         "{}",
         sidecar.log_text()
     );
