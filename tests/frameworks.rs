@@ -140,74 +140,47 @@ fn frameworks_connect_unedited_through_the_sidecar_and_directly() {
         );
     }
 
-    // node-postgres, the CA read from the file direct-uri names.
-    let mut node = Command::new("node");
-    node.arg(repo().join("tests/frameworks/node_client.js"));
-    let modules = installed("node/node_modules");
-    let lines = run(
-        "node-postgres",
-        node,
-        &[
-            ("NODE_PATH", modules.to_str().expect("path")),
-            ("DATABASE_URL", &data["uri"]),
-            ("DIRECT_URL", &data["direct-uri"]),
-        ],
-    );
-    assert_eq!(
-        lines,
-        [
-            format!("{}true", want("node-postgres")),
-            format!("{}true", want("node-postgres-direct")),
-        ]
-    );
-
-    // Prisma ORM 7 (its Rust-free client over @prisma/adapter-pg): uri, and direct-uri.
-    let mut prisma = Command::new("node");
-    prisma.arg(repo().join("tests/frameworks/prisma/client.js"));
-    let modules = installed("prisma/node_modules");
-    let served = sidecar.metric("dbconn_pooler_transactions_total");
-    let lines = run(
-        "prisma",
-        prisma,
-        &[
-            ("NODE_PATH", modules.to_str().expect("path")),
-            ("DATABASE_URL", &data["uri"]),
-            ("DIRECT_URL", &data["direct-uri"]),
-        ],
-    );
-    assert_eq!(
-        lines,
-        [
-            format!("{}true", want("prisma")),
-            format!("{}true", want("prisma-direct")),
-        ]
-    );
+    // A client that reads DATABASE_URL (the Secret's uri, through the sidecar) and DIRECT_URL
+    // (direct-uri, verify-full with the CA file sslrootcert names), printing `<name> …` and
+    // `<name>-direct …`.
     let through = |served: f64| {
         let now = sidecar.metric("dbconn_pooler_transactions_total");
         assert!(now > served, "through the sidecar: {now} after {served}");
         now
     };
-    let served = through(served);
-
-    // Rails (railties + Active Record): DATABASE_URL, then the direct URL the same way.
-    let mut rails = Command::new("ruby");
-    rails.arg(repo().join("tests/frameworks/rails_client.rb"));
-    let lines = run(
-        "rails",
-        rails,
-        &[
-            ("DATABASE_URL", &data["uri"]),
-            ("DIRECT_URL", &data["direct-uri"]),
-        ],
+    let both_urls = |framework: &str, program: &str, script: &str, extra: &[(&str, &str)]| {
+        let served = sidecar.metric("dbconn_pooler_transactions_total");
+        let mut cmd = Command::new(program);
+        cmd.arg(repo().join(script));
+        let mut env = vec![
+            ("DATABASE_URL", data["uri"].as_str()),
+            ("DIRECT_URL", data["direct-uri"].as_str()),
+        ];
+        env.extend_from_slice(extra);
+        let lines = run(framework, cmd, &env);
+        assert_eq!(
+            lines,
+            [
+                format!("{}true", want(framework)),
+                format!("{}true", want(&format!("{framework}-direct"))),
+            ]
+        );
+        through(served);
+    };
+    // node-postgres; Prisma ORM 7 (its Rust-free client over @prisma/adapter-pg); Rails
+    // (railties + Active Record), which the script runs again with DATABASE_URL=$DIRECT_URL.
+    let modules = installed("node/node_modules");
+    let nm = [("NODE_PATH", modules.to_str().expect("path"))];
+    both_urls(
+        "node-postgres",
+        "node",
+        "tests/frameworks/node_client.js",
+        &nm,
     );
-    assert_eq!(
-        lines,
-        [
-            format!("{}true", want("rails")),
-            format!("{}true", want("rails-direct")),
-        ]
-    );
-    let served = through(served);
+    let modules = installed("prisma/node_modules");
+    let nm = [("NODE_PATH", modules.to_str().expect("path"))];
+    both_urls("prisma", "node", "tests/frameworks/prisma/client.js", &nm);
+    both_urls("rails", "ruby", "tests/frameworks/rails_client.rb", &[]);
 
     // Spring Boot: the three SPRING_DATASOURCE_* keys as they are (envFrom), through the
     // sidecar; then direct-jdbc-uri, as a migration tool's datasource would name it.
@@ -222,6 +195,7 @@ fn frameworks_connect_unedited_through_the_sidecar_and_directly() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     assert_eq!(spring_env.len(), 3, "{spring_env:?}");
+    let served = sidecar.metric("dbconn_pooler_transactions_total");
     let lines = run("spring-boot", spring(), &spring_env);
     assert_eq!(lines, [format!("{}true", want("spring-boot"))]);
     through(served);
