@@ -78,6 +78,60 @@ pub fn ready_for_query(out: &mut Vec<u8>, status: u8) {
     message(out, b'Z', |b| b.push(status));
 }
 
+/// The type OID of `text` (pg_type), the type of every column the pooler makes up.
+const TEXT_OID: u32 = 25;
+
+/// A RowDescription of text columns, in the text format.
+pub fn row_description(out: &mut Vec<u8>, columns: &[&str]) {
+    message(out, b'T', |b| {
+        b.extend_from_slice(
+            &i16::try_from(columns.len())
+                .unwrap_or(i16::MAX)
+                .to_be_bytes(),
+        );
+        for name in columns {
+            put_cstr(b, name);
+            b.extend_from_slice(&0u32.to_be_bytes()); // no table
+            b.extend_from_slice(&0i16.to_be_bytes()); // no column number
+            b.extend_from_slice(&TEXT_OID.to_be_bytes());
+            b.extend_from_slice(&(-1i16).to_be_bytes()); // variable length
+            b.extend_from_slice(&(-1i32).to_be_bytes()); // no type modifier
+            b.extend_from_slice(&0i16.to_be_bytes()); // text format
+        }
+    });
+}
+
+/// A DataRow of text values (`None` is NULL).
+pub fn data_row(out: &mut Vec<u8>, values: &[Option<&str>]) {
+    message(out, b'D', |b| {
+        b.extend_from_slice(
+            &i16::try_from(values.len())
+                .unwrap_or(i16::MAX)
+                .to_be_bytes(),
+        );
+        for v in values {
+            match v {
+                Some(v) => {
+                    let len = i32::try_from(v.len()).unwrap_or(i32::MAX);
+                    b.extend_from_slice(&len.to_be_bytes());
+                    b.extend_from_slice(v.as_bytes());
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+    });
+}
+
+/// An EmptyQueryResponse: the answer to an empty query string.
+pub fn empty_query_response(out: &mut Vec<u8>) {
+    message(out, b'I', |_| {});
+}
+
+/// A CommandComplete with its tag (`SHOW`, `PAUSE`, …).
+pub fn command_complete(out: &mut Vec<u8>, tag: &str) {
+    message(out, b'C', |b| put_cstr(b, tag));
+}
+
 /// An ErrorResponse with severity, SQLSTATE and message.
 pub fn error_response(out: &mut Vec<u8>, severity: &str, code: &str, text: &str) {
     message(out, b'E', |b| {

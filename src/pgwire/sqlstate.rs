@@ -24,3 +24,5 @@ pub const SYSTEM_ERROR: &str = "58000";
 /// 0A000 feature_not_supported, as PostgreSQL raises "cached plan must not change result
 /// type" for a prepared statement whose tables changed.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// syntax_error: an admin console command it does not know.
+pub const SYNTAX_ERROR: &str = "42601";

@@ -1,30 +1,53 @@
-//! The pooler's Prometheus metrics: clients and server connections by state, wait time,
-//! transactions, queries, bytes and errors by kind.
+//! The pooler's Prometheus metrics, `dbconn_pooler_*`: clients and server connections by state
+//! with PgBouncer's names (cl_active, cl_waiting, sv_active, sv_idle, sv_used, maxwait), wait,
+//! transaction and query time histograms, transactions, queries, bytes and errors by kind.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
 }
 
+/// The pool figures carry PgBouncer's names (`SHOW POOLS`): `cl_*` for clients, `sv_*` for
+/// server connections.
 pub struct Metrics {
     registry: Registry,
-    pub clients_active: Gauge,
-    pub clients_waiting: Gauge,
-    pub servers_active: Gauge,
-    pub servers_idle: Gauge,
+    /// Clients logged in and not waiting: bound to a server connection, or idle between
+    /// transactions (PgBouncer's cl_active).
+    pub cl_active: Gauge,
+    /// Clients waiting for a server connection.
+    pub cl_waiting: Gauge,
+    /// Server connections lent to a client.
+    pub sv_active: Gauge,
+    /// Server connections idle in the pool, ready for any client (refreshed every second).
+    pub sv_idle: Gauge,
+    /// Idle server connections another client left session state on: reset before their
+    /// next client (PgBouncer's sv_used; refreshed every second).
+    pub sv_used: Gauge,
+    /// The configured pool size.
+    pub pool_size: Gauge,
+    /// How long the longest-waiting client has waited, in seconds (refreshed every second).
+    pub maxwait: Gauge<f64, AtomicU64>,
     pub server_connects: Counter,
     pub transactions: Counter,
     pub queries: Counter,
-    pub bytes_from_clients: Counter,
-    pub bytes_from_server: Counter,
+    /// Bytes received from clients (PgBouncer's total_received).
+    pub received_bytes: Counter,
+    /// Bytes sent to clients (PgBouncer's total_sent).
+    pub sent_bytes: Counter,
     pub wait: Histogram,
+    /// From a client's first message of a transaction to its end.
+    pub transaction_duration: Histogram,
+    /// From a client's query (Query, or a Sync ending an extended-protocol batch) to the
+    /// server's ReadyForQuery.
+    pub query_duration: Histogram,
     /// Server connections held by one client between transactions (transaction mode).
     pub pinned: Gauge,
     /// Statements the pooler prepared on a server connection for a client's named statement.
@@ -38,18 +61,24 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut r = Registry::with_prefix("dbconn_pooler");
+        // 10 µs … 80 s, by factors of 4.
+        let latency = || Histogram::new(exponential_buckets(0.000_01, 4.0, 12));
         let m = Metrics {
-            clients_active: Gauge::default(),
-            clients_waiting: Gauge::default(),
-            servers_active: Gauge::default(),
-            servers_idle: Gauge::default(),
+            cl_active: Gauge::default(),
+            cl_waiting: Gauge::default(),
+            sv_active: Gauge::default(),
+            sv_idle: Gauge::default(),
+            sv_used: Gauge::default(),
+            pool_size: Gauge::default(),
+            maxwait: Gauge::default(),
             server_connects: Counter::default(),
             transactions: Counter::default(),
             queries: Counter::default(),
-            bytes_from_clients: Counter::default(),
-            bytes_from_server: Counter::default(),
-            // 10 µs … 80 s
-            wait: Histogram::new(exponential_buckets(0.000_01, 4.0, 12)),
+            received_bytes: Counter::default(),
+            sent_bytes: Counter::default(),
+            wait: latency(),
+            transaction_duration: latency(),
+            query_duration: latency(),
             pinned: Gauge::default(),
             prepares: Counter::default(),
             resets: Counter::default(),
@@ -57,76 +86,115 @@ impl Default for Metrics {
             pins: Family::default(),
             registry: Registry::default(),
         };
-        r.register(
-            "clients_active",
-            "Client connections open",
-            m.clients_active.clone(),
+        let gauges = [
+            (
+                "cl_active",
+                "Clients logged in and not waiting (bound, or idle between transactions)",
+                &m.cl_active,
+            ),
+            (
+                "cl_waiting",
+                "Clients waiting for a server connection",
+                &m.cl_waiting,
+            ),
+            (
+                "sv_active",
+                "Server connections lent to a client",
+                &m.sv_active,
+            ),
+            (
+                "sv_idle",
+                "Server connections idle in the pool, ready for any client",
+                &m.sv_idle,
+            ),
+            (
+                "sv_used",
+                "Idle server connections to be reset before their next client",
+                &m.sv_used,
+            ),
+            (
+                "pool_size",
+                "Server connections the pool may open (pool_size)",
+                &m.pool_size,
+            ),
+            (
+                "pinned_servers",
+                "Server connections pinned to a client by session state",
+                &m.pinned,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            r.register(name, help, g.clone());
+        }
+        r.register_with_unit(
+            "maxwait",
+            "How long the longest-waiting client has waited",
+            Unit::Seconds,
+            m.maxwait.clone(),
         );
-        r.register(
-            "clients_waiting",
-            "Clients waiting for a server connection",
-            m.clients_waiting.clone(),
-        );
-        r.register(
-            "servers_active",
-            "Server connections lent to a client",
-            m.servers_active.clone(),
-        );
-        r.register(
-            "servers_idle",
-            "Server connections idle in the pool",
-            m.servers_idle.clone(),
-        );
-        r.register(
-            "server_connects",
-            "Server connections opened",
-            m.server_connects.clone(),
-        );
-        r.register(
-            "transactions",
-            "Transactions (or sessions) served",
-            m.transactions.clone(),
-        );
-        r.register(
-            "queries",
-            "Query and Sync messages forwarded",
-            m.queries.clone(),
-        );
-        r.register(
-            "client_bytes",
+        let counters = [
+            (
+                "server_connects",
+                "Server connections opened",
+                &m.server_connects,
+            ),
+            (
+                "transactions",
+                "Transactions (or sessions) served",
+                &m.transactions,
+            ),
+            ("queries", "Query and Sync messages forwarded", &m.queries),
+            (
+                "server_prepares",
+                "Named statements prepared on a server connection for a client",
+                &m.prepares,
+            ),
+            (
+                "server_resets",
+                "Server connections reset (RESET ALL and the rest) before another client's transaction",
+                &m.resets,
+            ),
+        ];
+        for (name, help, c) in counters {
+            r.register(name, help, c.clone());
+        }
+        r.register_with_unit(
+            "received",
             "Bytes received from clients",
-            m.bytes_from_clients.clone(),
+            Unit::Bytes,
+            m.received_bytes.clone(),
         );
-        r.register(
-            "server_bytes",
-            "Bytes received from the server",
-            m.bytes_from_server.clone(),
+        r.register_with_unit(
+            "sent",
+            "Bytes sent to clients",
+            Unit::Bytes,
+            m.sent_bytes.clone(),
         );
-        r.register(
-            "wait_seconds",
-            "Time clients waited for a server connection",
-            m.wait.clone(),
-        );
+        let histograms = [
+            (
+                "wait",
+                "Time clients waited for a server connection",
+                &m.wait,
+            ),
+            (
+                "transaction_duration",
+                "Time from a transaction's first message to its end",
+                &m.transaction_duration,
+            ),
+            (
+                "query_duration",
+                "Time from a query (or Sync) to the server's ReadyForQuery",
+                &m.query_duration,
+            ),
+        ];
+        for (name, help, h) in histograms {
+            r.register_with_unit(name, help, Unit::Seconds, h.clone());
+        }
         r.register("errors", "Errors by kind", m.errors.clone());
-        r.register(
-            "pinned_servers",
-            "Server connections pinned to a client by session state",
-            m.pinned.clone(),
-        );
         r.register(
             "pins",
             "Times a server connection was pinned to a client, by what pinned it",
             m.pins.clone(),
-        );
-        r.register(
-            "server_prepares",
-            "Named statements prepared on a server connection for a client",
-            m.prepares.clone(),
-        );
-        r.register(
-            "server_resets",
-            "Server connections reset (RESET ALL and the rest) before another client's transaction",
-            m.resets.clone(),
         );
         Metrics { registry: r, ..m }
     }

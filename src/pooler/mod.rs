@@ -128,7 +128,12 @@ async fn maintain(pool: Arc<Pool>, overrides: Overrides) {
         .and_then(|d| config::read_secret_dir(d).ok());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tick.tick().await;
+        // Every second, or at once for the console's RELOAD (which reads the files even
+        // when they look unchanged).
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = pool.reload.notified() => last = None,
+        }
         pool.maintain().await;
         let Some(dir) = pool.settings.secret_dir.as_deref() else {
             continue;

@@ -52,6 +52,84 @@ pub struct Pool {
     /// known to be as new as a client's Parse (see `prepared`).
     statement_clock: AtomicU64,
     pub metrics: Arc<Metrics>,
+    /// The logged-in clients by cancel key, for the admin console and maxwait.
+    clients: Mutex<std::collections::HashMap<BackendKey, Arc<ClientInfo>>>,
+    /// Totals for the console's SHOW STATS (the histograms keep no sums one can read).
+    pub totals: Totals,
+    /// While true (the console's PAUSE), no server connection is handed out.
+    paused: tokio::sync::watch::Sender<bool>,
+    /// The console's RELOAD: read the mounted Secret now.
+    pub reload: tokio::sync::Notify,
+    /// When the pool started: the clock of `ClientInfo::waiting_since`.
+    epoch: Instant,
+}
+
+/// An idle server connection, as SHOW SERVERS and SHOW PREPARED say it.
+pub struct IdleServer {
+    pub pid: i32,
+    pub tls: bool,
+    pub age: Duration,
+    pub idle: Duration,
+    /// Another client's session is on it: reset before the next client (sv_used).
+    pub used: bool,
+    /// Named statements prepared on it.
+    pub statements: usize,
+}
+
+/// Sums since start, in microseconds where they are times.
+#[derive(Default)]
+pub struct Totals {
+    pub xact_us: AtomicU64,
+    pub query_us: AtomicU64,
+    pub wait_us: AtomicU64,
+}
+
+/// A logged-in client as the console shows it. Its state changes by atomics on the hot path;
+/// the map it sits in is locked only when a client comes or goes.
+pub struct ClientInfo {
+    pub addr: Option<std::net::SocketAddr>,
+    pub application_name: String,
+    pub connect_time: std::time::SystemTime,
+    state: std::sync::atomic::AtomicU8,
+    /// Microseconds since the pool's epoch when it started waiting; 0 when not waiting.
+    waiting_since: AtomicU64,
+    /// The server backend serving it, while it has one (0 when none).
+    server_pid: std::sync::atomic::AtomicI32,
+}
+
+/// What a client is doing, as SHOW CLIENTS says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientState {
+    /// Between transactions, with no server connection.
+    Idle = 0,
+    Waiting = 1,
+    /// Bound to a server connection.
+    Active = 2,
+}
+
+impl ClientInfo {
+    pub fn new(addr: Option<std::net::SocketAddr>, application_name: String) -> ClientInfo {
+        ClientInfo {
+            addr,
+            application_name,
+            connect_time: std::time::SystemTime::now(),
+            state: Default::default(),
+            waiting_since: Default::default(),
+            server_pid: Default::default(),
+        }
+    }
+
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+
+    pub fn server_pid(&self) -> Option<i32> {
+        Some(self.server_pid.load(Ordering::Relaxed)).filter(|p| *p != 0)
+    }
 }
 
 /// Cancel bookkeeping, under one lock so a cancel and a release never cross.
@@ -66,6 +144,9 @@ struct Cancels {
 
 impl Pool {
     pub fn new(settings: Arc<Settings>, credentials: Credentials, metrics: Arc<Metrics>) -> Pool {
+        metrics
+            .pool_size
+            .set(i64::try_from(settings.pool_size).unwrap_or(i64::MAX));
         Pool {
             permits: Arc::new(Semaphore::new(settings.pool_size)),
             generation: AtomicU64::new(credentials.generation),
@@ -78,7 +159,136 @@ impl Pool {
             cancel_done: tokio::sync::Notify::new(),
             statement_clock: AtomicU64::new(0),
             metrics,
+            clients: Mutex::default(),
+            totals: Totals::default(),
+            paused: tokio::sync::watch::Sender::new(false),
+            reload: tokio::sync::Notify::new(),
+            epoch: Instant::now(),
         }
+    }
+
+    /// A client logged in.
+    pub fn join(&self, key: BackendKey, info: Arc<ClientInfo>) {
+        self.lock_clients().insert(key, info);
+        self.metrics.cl_active.inc();
+    }
+
+    /// A client left.
+    pub fn leave(&self, key: BackendKey) {
+        if self.lock_clients().remove(&key).is_some() {
+            self.metrics.cl_active.dec();
+        }
+    }
+
+    fn lock_clients(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<BackendKey, Arc<ClientInfo>>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The logged-in clients, with their cancel keys.
+    pub fn clients(&self) -> Vec<(BackendKey, Arc<ClientInfo>)> {
+        self.lock_clients()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
+    }
+
+    /// A client starts waiting for a server connection.
+    pub fn waiting(&self, client: &ClientInfo) {
+        let since = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        client.waiting_since.store(since.max(1), Ordering::Relaxed);
+        client
+            .state
+            .store(ClientState::Waiting as u8, Ordering::Relaxed);
+        self.metrics.cl_active.dec();
+        self.metrics.cl_waiting.inc();
+    }
+
+    /// A client's wait is over: bound to `server` (its pid), or not (`None`: it failed).
+    pub fn waited(&self, client: &ClientInfo, server: Option<i32>) {
+        client.waiting_since.store(0, Ordering::Relaxed);
+        self.bound(client, server);
+        self.metrics.cl_waiting.dec();
+        self.metrics.cl_active.inc();
+    }
+
+    /// A client is bound to the server backend `server`, or (None) has none.
+    pub fn bound(&self, client: &ClientInfo, server: Option<i32>) {
+        let state = match server {
+            Some(_) => ClientState::Active,
+            None => ClientState::Idle,
+        };
+        client.state.store(state as u8, Ordering::Relaxed);
+        client
+            .server_pid
+            .store(server.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// How long the longest-waiting client has waited now.
+    pub fn maxwait(&self) -> Duration {
+        let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let oldest = self
+            .lock_clients()
+            .values()
+            .map(|c| c.waiting_since.load(Ordering::Relaxed))
+            .filter(|s| *s != 0)
+            .min();
+        oldest.map_or(Duration::ZERO, |s| {
+            Duration::from_micros(now.saturating_sub(s))
+        })
+    }
+
+    /// The console's PAUSE (true) and RESUME (false).
+    pub fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// Server connections lent to clients now.
+    pub fn lent(&self) -> usize {
+        self.settings
+            .pool_size
+            .saturating_sub(self.permits.available_permits())
+    }
+
+    /// The console's RECONNECT: every server connection is replaced, idle ones now, lent
+    /// ones when their client is done with them.
+    pub fn reconnect(&self) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let creds = self.credentials();
+        *self.credentials.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Credentials {
+            upstream: creds.upstream.clone(),
+            verifier: creds.verifier.clone(),
+            generation,
+        });
+        self.lock_idle().clear();
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<ServerConn>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The idle server connections, as the console shows them.
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        let now = Instant::now();
+        self.lock_idle()
+            .iter()
+            .map(|c| IdleServer {
+                pid: c.key.0,
+                tls: c.tls,
+                age: now.duration_since(c.created),
+                idle: now.duration_since(c.idle_since),
+                used: self.needs_reset(c),
+                statements: c.statements.len(),
+            })
+            .collect()
+    }
+
+    /// Whether an idle connection carries another client's session, to be reset before the
+    /// next client's transaction (see client/transaction.rs).
+    fn needs_reset(&self, c: &ServerConn) -> bool {
+        c.last_client.is_some()
+            && (c.dirty || self.settings.server_reset == super::config::ServerReset::Always)
     }
 
     pub fn credentials(&self) -> Arc<Credentials> {
@@ -185,17 +395,27 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, PoolError> {
         let wait = self.settings.query_wait_timeout;
         let started = Instant::now();
-        let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| PoolError::WaitTimeout {
-                wait,
-                size: self.settings.pool_size,
-            })?
-            .map_err(|_| PoolError::WaitTimeout {
-                wait,
-                size: self.settings.pool_size,
-            })?;
-        self.metrics.wait.observe(started.elapsed().as_secs_f64());
+        let mut paused = self.paused.subscribe();
+        let permit = tokio::time::timeout(wait, async {
+            // The console's PAUSE holds every new checkout until RESUME.
+            let _ = paused.wait_for(|p| !*p).await;
+            self.permits.clone().acquire_owned().await
+        })
+        .await
+        .map_err(|_| PoolError::WaitTimeout {
+            wait,
+            size: self.settings.pool_size,
+        })?
+        .map_err(|_| PoolError::WaitTimeout {
+            wait,
+            size: self.settings.pool_size,
+        })?;
+        let waited = started.elapsed();
+        self.metrics.wait.observe(waited.as_secs_f64());
+        self.totals.wait_us.fetch_add(
+            u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let generation = self.generation.load(Ordering::SeqCst);
         let now = Instant::now();
         let reused = {
@@ -213,7 +433,7 @@ impl Pool {
             Some(c) => c,
             None => self.connect_within(started + wait).await?,
         };
-        self.metrics.servers_active.inc();
+        self.metrics.sv_active.inc();
         Ok(Lease {
             conn: Some(conn),
             permit: Some(permit),
@@ -315,9 +535,17 @@ impl Pool {
             *idle = kept;
             idle.len()
         };
+        let used = self
+            .lock_idle()
+            .iter()
+            .filter(|c| self.needs_reset(c))
+            .count();
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.metrics
-            .servers_idle
-            .set(i64::try_from(idle_count).unwrap_or(i64::MAX));
+            .sv_idle
+            .set(gauge(idle_count - used.min(idle_count)));
+        self.metrics.sv_used.set(gauge(used));
+        self.metrics.maxwait.set(self.maxwait().as_secs_f64());
         // min_idle counts every open connection, lent or idle: never more than pool_size.
         let lent = self
             .settings
@@ -366,7 +594,7 @@ impl Lease {
         let pool = self.pool.clone();
         // The slot goes with the connection: the pool never opens one more meanwhile.
         let permit = self.permit.take();
-        pool.metrics.servers_active.inc();
+        pool.metrics.sv_active.inc();
         tokio::spawn(async move {
             loop {
                 let done = pool.cancel_done.notified();
@@ -376,7 +604,7 @@ impl Lease {
                 done.await;
             }
             pool.checkin(c);
-            pool.metrics.servers_active.dec();
+            pool.metrics.sv_active.dec();
             drop(permit);
         });
     }
@@ -384,7 +612,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.pool.metrics.servers_active.dec();
+        self.pool.metrics.sv_active.dec();
         if self.conn.is_some() {
             // Not released: in a transaction, or broken. Close it.
             self.pool.metrics.error("server_discarded");

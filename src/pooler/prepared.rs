@@ -73,13 +73,17 @@ impl Cache {
     }
 
     /// The server forgot everything (DEALLOCATE ALL, DISCARD ALL).
-    pub fn clear(&mut self) {
-        self.names.clear();
+    /// Statements prepared on the server connection.
+    pub fn len(&self) -> usize {
+        self.names.len()
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.names.len()
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.names.clear();
     }
 }
 

@@ -4,6 +4,7 @@
 //! bookkeeping when a transaction ends: what it left on the session, and whether the server
 //! connection may go to another client.
 
+mod admin;
 mod relay;
 mod session;
 mod startup;
@@ -16,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::pool::{Lease, Pool};
+use super::pool::{ClientInfo, Lease, Pool};
 use crate::pgwire::WireError;
 use crate::pgwire::frame::{self, Startup};
 use crate::pgwire::messages;
@@ -69,7 +70,6 @@ struct Bound {
 /// Serves one client until it leaves, breaks the protocol or the pooler shuts down.
 pub async fn serve(mut socket: TcpStream, pool: Arc<Pool>, shutdown: watch::Receiver<bool>) {
     let _ = socket.set_nodelay(true);
-    pool.metrics.clients_active.inc();
     let mut buf = BytesMut::with_capacity(8192);
     // A client that never finishes its startup must not hold a max_clients slot for ever.
     let started = tokio::time::timeout(
@@ -79,13 +79,23 @@ pub async fn serve(mut socket: TcpStream, pool: Arc<Pool>, shutdown: watch::Rece
     .await
     .unwrap_or_else(|_| Err(fatal(CONNECTION_FAILURE, "the startup exchange timed out")));
     let outcome = match started {
-        Ok((settings, key)) => {
-            let ended = Session::new(socket, buf, pool.clone(), settings, shutdown, key)
+        Ok(startup::Started::Session(settings, key)) => {
+            let info = Arc::new(ClientInfo::new(
+                socket.peer_addr().ok(),
+                settings
+                    .get("application_name")
+                    .cloned()
+                    .unwrap_or_default(),
+            ));
+            pool.join(key, info.clone());
+            let ended = Session::new(socket, buf, pool.clone(), settings, shutdown, key, info)
                 .run()
                 .await;
+            pool.leave(key);
             pool.forget(key);
             ended
         }
+        Ok(startup::Started::Admin) => admin::serve(socket, buf, &pool, shutdown).await,
         Err(e) => Err((socket, e)),
     };
     if let Err((mut socket, e)) = outcome {
@@ -107,7 +117,6 @@ pub async fn serve(mut socket: TcpStream, pool: Arc<Pool>, shutdown: watch::Rece
             ClientError::Io(_) | ClientError::Gone => {}
         }
     }
-    pool.metrics.clients_active.dec();
 }
 
 /// Turns a client away before its startup (too many clients) with a FATAL error.

@@ -51,14 +51,14 @@ fn be_u32(b: &[u8]) -> u32 {
 }
 
 /// Forwards the server messages in `buf` to the client in one write (or as they arrive, for
-/// a large one), and consumes them from `buf`.
+/// a large one), and consumes them from `buf`. Returns the bytes written to the client.
 pub(super) async fn drain(
     buf: &mut BytesMut,
     relay: &mut Relay,
     mut sink: Sink<'_>,
     limit: usize,
     client: &mut TcpStream,
-) -> Result<(), ClientError> {
+) -> Result<usize, ClientError> {
     let malformed = || fatal(PROTOCOL_VIOLATION, "the server sent a malformed message");
     let mut end = 0;
     // Set once the bytes to send differ from the bytes received.
@@ -154,15 +154,19 @@ pub(super) async fn drain(
         }
         end += total;
     }
-    match edited {
-        Some(out) if !out.is_empty() => client.write_all(&out).await?,
-        Some(_) => {}
-        None if end > 0 => client.write_all(&buf[..end]).await?,
-        None => {}
-    }
+    let sent = match edited {
+        Some(out) => {
+            client.write_all(&out).await?;
+            out.len()
+        }
+        None => {
+            client.write_all(&buf[..end]).await?;
+            end
+        }
+    };
     buf.advance(end);
     shrink(buf);
-    Ok(())
+    Ok(sent)
 }
 
 /// Whether the client gets the message (the statement bookkeeping may drop it).

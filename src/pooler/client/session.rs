@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,7 +22,7 @@ use crate::pgwire::sqlstate::{
 };
 use crate::pgwire::tracker::Tracker;
 use crate::pooler::config::Mode;
-use crate::pooler::pool::{Pool, PoolError};
+use crate::pooler::pool::{ClientInfo, Pool, PoolError};
 use crate::pooler::prepared::Prepared;
 use crate::pooler::state::{self, Scan};
 
@@ -43,6 +44,12 @@ pub(super) struct Session {
     pub(super) prepared: Option<Prepared>,
     /// What this transaction's SQL may have done to the session.
     pub(super) scan: Scan,
+    /// What the admin console shows of this client.
+    pub(super) info: Arc<ClientInfo>,
+    /// When the transaction bound now began (its server connection was bound).
+    pub(super) xact_started: Option<Instant>,
+    /// When the oldest query the server has not answered with ReadyForQuery was sent.
+    query_started: Option<Instant>,
 }
 
 pub(super) type Ended = Result<(), (TcpStream, ClientError)>;
@@ -55,6 +62,7 @@ impl Session {
         settings: BTreeMap<String, String>,
         shutdown: watch::Receiver<bool>,
         key: (i32, i32),
+        info: Arc<ClientInfo>,
     ) -> Self {
         let limit = pool.settings.max_message_bytes;
         let prepared = (pool.settings.mode == Mode::Transaction
@@ -72,6 +80,9 @@ impl Session {
             key,
             prepared,
             scan: Scan::default(),
+            info,
+            xact_started: None,
+            query_started: None,
         }
     }
 
@@ -131,7 +142,6 @@ impl Session {
                     if n == 0 {
                         return Err(self.server_lost());
                     }
-                    self.pool.metrics.bytes_from_server.inc_by(n as u64);
                     self.forward_server().await?;
                 }
                 _ = self.shutdown.changed(), if interruptible => {
@@ -199,9 +209,12 @@ impl Session {
         if end == 0 {
             return Ok(terminate);
         }
-        self.pool.metrics.bytes_from_clients.inc_by(end as u64);
+        self.pool.metrics.received_bytes.inc_by(end as u64);
         let syncs = tags.iter().filter(|t| matches!(t.0, b'Q' | b'S')).count();
         self.pool.metrics.queries.inc_by(syncs as u64);
+        if syncs > 0 && self.query_started.is_none() {
+            self.query_started = Some(Instant::now());
+        }
         if self.pool.settings.mode == Mode::Transaction {
             self.scan_client(&tags)?;
         }
@@ -217,6 +230,7 @@ impl Session {
         if b.tracker.idle() {
             // A pinned connection starting its next transaction: cancels reach it again.
             self.pool.serving(self.key, Some(b.lease.conn().key));
+            self.xact_started.get_or_insert_with(Instant::now);
         }
         for (tag, _, _) in &tags {
             b.tracker.client(*tag);
@@ -281,14 +295,14 @@ impl Session {
                     rd.read_buf(&mut conn.buf).await
                 } => match n {
                     Ok(0) | Err(_) => { lost = true; break; }
-                    Ok(n) => {
-                        self.pool.metrics.bytes_from_server.inc_by(n as u64);
+                    Ok(_) => {
                         let sink = Sink {
                             tracker,
                             statements: self.prepared.as_mut().map(|p| (p, &mut conn.statements)),
                             params: &mut conn.params,
                         };
-                        relay::drain(&mut conn.buf, relay, sink, self.limit, &mut self.socket).await?;
+                        let sent = relay::drain(&mut conn.buf, relay, sink, self.limit, &mut self.socket).await?;
+                        self.pool.metrics.sent_bytes.inc_by(sent as u64);
                     }
                 },
             }
@@ -354,9 +368,11 @@ impl Session {
     /// last, a reset of everything a session can carry, however it was set; when prepared
     /// statements may have gone stale (DDL), DEALLOCATE ALL; then this client's settings.
     async fn bind(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
-        self.pool.metrics.clients_waiting.inc();
-        let lease = self.pool.checkout().await;
-        self.pool.metrics.clients_waiting.dec();
+        self.pool.waiting(&self.info);
+        let mut lease = self.pool.checkout().await;
+        let pid = lease.as_mut().ok().map(|l| l.conn().key.0);
+        self.pool.waited(&self.info, pid);
+        self.xact_started = Some(Instant::now());
         let mut lease = lease.map_err(|e| match e {
             PoolError::WaitTimeout { .. } => {
                 self.pool.metrics.error("query_wait_timeout");
@@ -412,7 +428,18 @@ impl Session {
             statements: self.prepared.as_mut().map(|p| (p, &mut conn.statements)),
             params: &mut conn.params,
         };
-        relay::drain(&mut conn.buf, relay, sink, self.limit, &mut self.socket).await?;
+        let sent = relay::drain(&mut conn.buf, relay, sink, self.limit, &mut self.socket).await?;
+        self.pool.metrics.sent_bytes.inc_by(sent as u64);
+        if tracker.quiet()
+            && let Some(started) = self.query_started.take()
+        {
+            let took = started.elapsed();
+            self.pool.metrics.query_duration.observe(took.as_secs_f64());
+            self.pool.totals.query_us.fetch_add(
+                u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let done = tracker.idle()
             && relay.settled()
             && conn.buf.is_empty()
@@ -427,6 +454,8 @@ impl Session {
     pub(super) fn server_lost(&mut self) -> ClientError {
         self.unpin();
         self.state = State::Idle;
+        self.pool.bound(&self.info, None);
+        self.query_started = None;
         if let Some(p) = self.prepared.as_mut() {
             p.reset();
         }

@@ -48,12 +48,23 @@ async fn read_auth_message(
     }
 }
 
+/// The admin console's database names (PgBouncer's, and dbconn's own).
+pub const ADMIN_DATABASES: [&str; 2] = ["pgbouncer", "dbconn"];
+
+/// What a client logged in to.
+pub(super) enum Started {
+    /// A session: its settings and cancel key.
+    Session(BTreeMap<String, String>, (i32, i32)),
+    /// The admin console.
+    Admin,
+}
+
 /// The startup exchange; returns the client's session settings.
 pub(super) async fn startup(
     socket: &mut TcpStream,
     buf: &mut BytesMut,
     pool: &Arc<Pool>,
-) -> Result<(BTreeMap<String, String>, (i32, i32)), ClientError> {
+) -> Result<Started, ClientError> {
     let params = loop {
         match frame::startup(buf)? {
             None => fill(socket, buf).await?,
@@ -101,7 +112,8 @@ pub(super) async fn startup(
             format!("this pooler serves user {:?}, not {user:?}", want.user),
         ));
     }
-    if database != want.dbname {
+    let admin = ADMIN_DATABASES.contains(&database);
+    if database != want.dbname && !admin {
         return Err(fatal(
             INVALID_CATALOG_NAME,
             format!(
@@ -117,6 +129,24 @@ pub(super) async fn startup(
         ));
     }
     authenticate(socket, buf, pool, user).await?;
+    if admin {
+        let mut out = Vec::with_capacity(256);
+        messages::authentication(&mut out, auth::OK, &[]);
+        for (k, v) in [
+            ("server_version", "16.0 (dbconn pooler)"),
+            ("client_encoding", "UTF8"),
+            ("server_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("standard_conforming_strings", "on"),
+            ("integer_datetimes", "on"),
+        ] {
+            messages::parameter_status(&mut out, k, v);
+        }
+        messages::backend_key_data(&mut out, 0, 0);
+        messages::ready_for_query(&mut out, IDLE);
+        socket.write_all(&out).await?;
+        return Ok(Started::Admin);
+    }
 
     let mut settings: BTreeMap<String, String> = params
         .iter()
@@ -157,7 +187,7 @@ pub(super) async fn startup(
     messages::ready_for_query(&mut out, IDLE);
     socket.write_all(&out).await?;
     pool.serving((pid, secret), None);
-    Ok((settings, (pid, secret)))
+    Ok(Started::Session(settings, (pid, secret)))
 }
 
 async fn authenticate(

@@ -115,6 +115,7 @@ impl Session {
     /// client's next server connection, state that pins this one), then lets the connection
     /// go unless it is pinned.
     pub(super) async fn end_transaction(&mut self) {
+        self.transaction_ended();
         let scan = std::mem::take(&mut self.scan);
         let State::Bound(b) = &mut self.state else {
             return;
@@ -139,6 +140,7 @@ impl Session {
                     self.unpin();
                     self.pool.serving(self.key, None);
                     self.state = State::Idle;
+                    self.pool.bound(&self.info, None);
                     return;
                 }
             };
@@ -180,6 +182,22 @@ impl Session {
         if let State::Bound(b) = std::mem::replace(&mut self.state, State::Idle) {
             b.lease.release();
         }
+        self.pool.bound(&self.info, None);
+    }
+
+    /// The transaction bound since `xact_started` is over: its time is recorded.
+    pub(super) fn transaction_ended(&mut self) {
+        if let Some(started) = self.xact_started.take() {
+            let took = started.elapsed();
+            self.pool
+                .metrics
+                .transaction_duration
+                .observe(took.as_secs_f64());
+            self.pool.totals.xact_us.fetch_add(
+                u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
     }
 
     pub(super) fn unpin(&mut self) {
@@ -194,6 +212,8 @@ impl Session {
     /// mode, or when this client pinned it); one in a transaction or mid-statement is
     /// closed, never reused dirty.
     pub(super) async fn finish(&mut self) {
+        // In session mode the session is the transaction.
+        self.transaction_ended();
         let pinned = matches!(&self.state, State::Bound(b) if b.pin.is_some());
         self.unpin();
         let State::Bound(mut b) = std::mem::replace(&mut self.state, State::Idle) else {
