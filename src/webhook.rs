@@ -173,12 +173,13 @@ fn needs_issue(secret: Option<&Secret>, names: &[String]) -> bool {
 }
 
 /// Brings the Secret, the served certificate and (self-signed) the caBundle up to date.
+/// Returns when the served certificate expires (Unix seconds), when it can be read.
 async fn refresh(
     client: &Client,
     namespace: &str,
     settings: &Settings,
     served: &Reloadable,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<i64>> {
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     let mut secret = secrets.get_opt(&settings.secret).await?;
     let names = cert_names(settings, namespace);
@@ -262,6 +263,7 @@ async fn refresh(
             settings.secret
         );
     };
+    let not_after = not_after(cert);
     let key = Arc::new(certified_key(cert, key)?);
     let changed = served
         .0
@@ -280,7 +282,15 @@ async fn refresh(
     {
         patch_ca_bundle(client, &settings.config_name, ca).await?;
     }
-    Ok(())
+    Ok(not_after)
+}
+
+/// When the first certificate of a PEM chain expires, in Unix seconds; `None` when it cannot
+/// be read.
+fn not_after(pem: &[u8]) -> Option<i64> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Sets the caBundle of every webhook in the configuration to `ca` when it differs.
@@ -481,8 +491,12 @@ pub async fn run(
         );
         async move {
             loop {
-                if let Err(e) = refresh(&client, &namespace, &settings, &served).await {
-                    tracing::warn!(error = %format!("{e:#}"), "webhook certificate");
+                match refresh(&client, &namespace, &settings, &served).await {
+                    Ok(Some(not_after)) => {
+                        readiness.certificate_expiry.set(not_after);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "webhook certificate"),
                 }
                 let certified = served.0.read().is_ok_and(|k| k.is_some());
                 readiness

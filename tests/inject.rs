@@ -153,6 +153,36 @@ fn the_chart_installs_and_its_webhook_injects_opted_in_pods() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // The metrics the chart's alerts read: each connection's Ready (the unreachable one 0),
+    // and when the webhook's certificate expires (the operator issues it for a year).
+    let want = [
+        format!("dbconn_connection_ready{{namespace=\"{ns}\",name=\"orders\"}} 1"),
+        format!("dbconn_connection_ready{{namespace=\"{ns}\",name=\"unready\"}} 0"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let (_, text) = op.get("/metrics");
+        let expiry: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("dbconn_webhook_certificate_expiry_timestamp_seconds "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        let year = 365.0 * 86400.0;
+        if want.iter().all(|w| text.contains(w.as_str())) && (expiry - now - year).abs() < 86400.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "operator metrics: {text}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        metrics.contains("dbconn_reconcile_errors_total"),
+        "{metrics}"
+    );
+
     // An opted-in Pod gets the sidecar first, as a native sidecar, with its probe, mount and
     // the URL in the app container. Retried until the webhook answers (it starts serving once
     // its certificate is loaded).

@@ -13,6 +13,13 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// One DatabaseConnection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
@@ -28,6 +35,10 @@ pub struct Metrics {
     duration: HistogramFamily,
     pub leader: Gauge,
     pub drift_repairs: Counter,
+    /// 1 while a connection's Ready condition is True, else 0; gone once it is deleted.
+    ready: Family<ConnectionLabels, Gauge>,
+    /// When the webhook's serving certificate expires, in seconds since the Unix epoch.
+    pub webhook_certificate_expiry: Gauge,
 }
 
 fn duration_histogram() -> Histogram {
@@ -68,6 +79,19 @@ impl Default for Metrics {
             "Reconciles that restored privileges changed outside dbconn",
             drift_repairs.clone(),
         );
+        let ready = Family::<ConnectionLabels, Gauge>::default();
+        registry.register(
+            "connection_ready",
+            "1 while a DatabaseConnection's Ready condition is True, else 0",
+            ready.clone(),
+        );
+        let webhook_certificate_expiry = Gauge::default();
+        registry.register_with_unit(
+            "webhook_certificate_expiry_timestamp",
+            "When the webhook's serving certificate expires (Unix time)",
+            prometheus_client::registry::Unit::Seconds,
+            webhook_certificate_expiry.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -75,6 +99,8 @@ impl Default for Metrics {
             duration,
             leader,
             drift_repairs,
+            ready,
+            webhook_certificate_expiry,
         }
     }
 }
@@ -92,6 +118,22 @@ impl Metrics {
                     reason: reason.into(),
                 })
                 .inc();
+        }
+    }
+
+    /// A connection's Ready condition now (`None`: it is gone).
+    pub fn connection_ready(&self, namespace: &str, name: &str, ready: Option<bool>) {
+        let labels = ConnectionLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        match ready {
+            Some(r) => {
+                self.ready.get_or_create(&labels).set(i64::from(r));
+            }
+            None => {
+                self.ready.remove(&labels);
+            }
         }
     }
 
@@ -123,5 +165,22 @@ mod tests {
         );
         assert!(text.contains("dbconn_reconcile_duration_seconds_count"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_connection_is_ready_or_not_until_it_is_gone() {
+        let m = Metrics::default();
+        m.connection_ready("shop", "orders", Some(false));
+        m.connection_ready("shop", "billing", Some(true));
+        m.webhook_certificate_expiry.set(1_900_000_000);
+        let text = m.reply().body;
+        assert!(
+            text.contains(r#"dbconn_connection_ready{namespace="shop",name="orders"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"dbconn_connection_ready{namespace="shop",name="billing"} 1"#));
+        assert!(text.contains("dbconn_webhook_certificate_expiry_timestamp_seconds 1900000000"));
+        m.connection_ready("shop", "orders", None);
+        assert!(!m.reply().body.contains(r#"name="orders""#));
     }
 }

@@ -312,7 +312,10 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         namespaces: Default::default(),
         settings,
     });
-    let readiness = Arc::new(Readiness::default());
+    let readiness = Arc::new(Readiness {
+        certificate_expiry: ctx.metrics.webhook_certificate_expiry.clone(),
+        ..Readiness::default()
+    });
     {
         let (readiness, pods, connections) =
             (readiness.clone(), ctx.pods.clone(), ctx.connections.clone());
@@ -419,6 +422,9 @@ pub struct Readiness {
     pub synced: AtomicBool,
     /// The webhook has a serving certificate (or there is no webhook).
     pub certified: AtomicBool,
+    /// When that certificate expires, in Unix seconds (the metric
+    /// `dbconn_webhook_certificate_expiry_timestamp_seconds`).
+    pub certificate_expiry: prometheus_client::metrics::gauge::Gauge,
     /// SIGTERM came: Services should send elsewhere.
     pub stopping: AtomicBool,
 }

@@ -105,6 +105,11 @@ pub async fn cleanup(conn: Arc<DatabaseConnection>, ctx: Arc<Context>) -> Result
         ),
         None => note,
     };
+    ctx.metrics.connection_ready(
+        &conn.namespace().unwrap_or_default(),
+        &conn.name_any(),
+        None,
+    );
     tracing::info!(connection = %conn.name_any(), namespace = ?conn.namespace(), "{note}");
     publish(&conn, &ctx, EventType::Normal, "Deleted", note).await;
     Ok(Action::await_change())

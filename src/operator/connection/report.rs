@@ -154,6 +154,11 @@ pub async fn finish(
     };
     let mut wanted = status::pipeline(std::mem::take(&mut report.done), failure, ready);
     let ready_now = wanted.iter().find(|c| c.type_ == READY).cloned();
+    ctx.metrics.connection_ready(
+        conn.metadata.namespace.as_deref().unwrap_or_default(),
+        conn.metadata.name.as_deref().unwrap_or_default(),
+        Some(ready_now.as_ref().is_some_and(|c| c.ok == Some(true))),
+    );
     let (budget, budget_cond) = budget(conn, ctx, &report);
     let soon = report.requeue;
     wanted.push(budget_cond.clone());
