@@ -45,7 +45,7 @@ start_dbconn() {
   fi
   p=$(free_port); h=$(free_port)
   RUST_LOG=warn "$dbconn" pooler --secret-dir "$dir" --listen "127.0.0.1:$p" --http-addr "127.0.0.1:$h" \
-    --pool-size "$POOL_SIZE" --min-idle "$POOL_SIZE" --max-clients 1000 >"$work/dbconn-$1.log" 2>&1 &
+    --pool-size "$POOL_SIZE" --min-idle "$POOL_SIZE" --max-clients 1000 --client-scram-iterations 16 >"$work/dbconn-$1.log" 2>&1 &
   pids+=($!)
   PID=$!; PORT=$p; HTTP=$h
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$h/readyz" >/dev/null 2>&1 && break; sleep 0.1; done

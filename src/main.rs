@@ -241,6 +241,11 @@ struct PoolerArgs {
     /// How clients authenticate: scram, md5 or trust.
     #[arg(long, env = "DBCONN_CLIENT_AUTH", default_value = "scram")]
     client_auth: String,
+    /// PBKDF2 iterations of the SCRAM verifier clients log in against (1 to 1000000): each
+    /// client login computes them. PostgreSQL's 4096 by default; the webhook sets 16 for a
+    /// generated (32-character random) password, where more protect nothing.
+    #[arg(long, env = "DBCONN_CLIENT_SCRAM_ITERATIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    client_scram_iterations: u32,
     #[arg(long, env = "DBCONN_POOL_SIZE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(POOL_SIZE.0..=POOL_SIZE.1))]
     pool_size: u32,
     #[arg(long, env = "DBCONN_MIN_IDLE", default_value_t = 1)]
@@ -361,6 +366,7 @@ fn pooler_config(
         http: a.http_addr,
         mode,
         client_auth,
+        client_scram_iterations: a.client_scram_iterations,
         pool_size: a.pool_size as usize,
         min_idle: a.min_idle as usize,
         max_clients: a.max_clients as usize,

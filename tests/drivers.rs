@@ -31,7 +31,17 @@ fn matrix(driver: &str, mut program: Command) {
         ),
     )
     .expect("table");
-    let p = Pooler::start(&a, pg.port, &["--pool-size", POOL_SIZE]);
+    let iterations = dbconn::inject::GENERATED_PASSWORD_ITERATIONS.to_string();
+    let p = Pooler::start(
+        &a,
+        pg.port,
+        &[
+            "--pool-size",
+            POOL_SIZE,
+            "--client-scram-iterations",
+            &iterations,
+        ],
+    );
     p.wait_ready();
     let out = std::env::temp_dir().join(unique(&format!("driver-{driver}")));
     let stdout = out.with_extension("out");

@@ -81,7 +81,14 @@ fn frameworks_connect_unedited_through_the_sidecar_and_directly() {
 
     // The files, where the Secret's values name them.
     let mounted = mount_secret(&name, &data);
-    let sidecar = Pooler::on_secret_dir(mounted.0.clone(), port, &[]);
+    // As the webhook injects it for a generated password: 16 SCRAM iterations, which every
+    // client below must accept.
+    let iterations = dbconn::inject::GENERATED_PASSWORD_ITERATIONS.to_string();
+    let sidecar = Pooler::on_secret_dir(
+        mounted.0.clone(),
+        port,
+        &["--client-scram-iterations", &iterations],
+    );
     sidecar.wait_ready();
     assert_eq!(
         data["host"], "127.0.0.1",

@@ -55,6 +55,11 @@ pub struct Target {
     pub settings: Vec<(&'static str, String)>,
 }
 
+/// The SCRAM iteration count of the sidecar's client verifier when dbconn generated the
+/// password: enough for any client that checks a minimum of its own, and ~1/256 of the
+/// login cost of PostgreSQL's 4096.
+pub const GENERATED_PASSWORD_ITERATIONS: u32 = 16;
+
 /// spec.pooler's settings as the sidecar's environment variables (`dbconn pooler` reads
 /// them; the bounds are the same on both sides, src/pooler/limits.rs).
 fn pooler_env(p: &crate::api::PoolerSpec) -> Vec<(&'static str, String)> {
@@ -99,7 +104,19 @@ impl Target {
             pool_size: c.spec.pooler.pool_size,
             ready,
             budget: c.status.as_ref().and_then(|s| s.budget.clone()),
-            settings: pooler_env(&c.spec.pooler),
+            settings: pooler_env(&c.spec.pooler)
+                .into_iter()
+                .chain(
+                    // The apps' password to the sidecar is one dbconn generated (32 random
+                    // characters): iterations protect nothing, and every login pays them.
+                    c.spec.role.password_secret_ref.is_none().then(|| {
+                        (
+                            "DBCONN_CLIENT_SCRAM_ITERATIONS",
+                            GENERATED_PASSWORD_ITERATIONS.to_string(),
+                        )
+                    }),
+                )
+                .collect(),
         }
     }
 }
@@ -555,6 +572,35 @@ mod tests {
             }),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_generated_password_gets_few_scram_iterations_a_given_one_postgresqls() {
+        let conn = |role: serde_json::Value| -> DatabaseConnection {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "dbconn.io/v1alpha1", "kind": "DatabaseConnection",
+                "metadata": {"name": "orders", "namespace": "shop"},
+                "spec": {"serverRef": "main", "database": "orders", "role": role,
+                         "pooler": {"enabled": true, "maxClients": 50}}
+            }))
+            .expect("connection")
+        };
+        let iterations = |c: &DatabaseConnection| {
+            Target::of(c)
+                .settings
+                .into_iter()
+                .find(|(k, _)| *k == "DBCONN_CLIENT_SCRAM_ITERATIONS")
+                .map(|(_, v)| v)
+        };
+        let generated = conn(serde_json::json!({"name": "app"}));
+        assert_eq!(iterations(&generated).as_deref(), Some("16"));
+        assert!(
+            Target::of(&generated)
+                .settings
+                .contains(&("DBCONN_MAX_CLIENTS", "50".into()))
+        );
+        let given = conn(serde_json::json!({"name": "app", "passwordSecretRef": {"name": "pw"}}));
+        assert_eq!(iterations(&given), None, "the sidecar's default: 4096");
     }
 
     /// Each `tests/fixtures/inject/<case>.pod.yaml` gives `<case>.out.yaml`: the patched pod,

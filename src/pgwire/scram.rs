@@ -38,12 +38,46 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
+/// PostgreSQL's iteration count (`scram_iterations`, 4096 by default).
+pub const DEFAULT_ITERATIONS: u32 = 4096;
+
 impl Verifier {
-    /// From a password, with a random salt (SASLprep applied as PostgreSQL does).
+    /// From a password, with a random salt and PostgreSQL's 4096 iterations.
     pub fn from_password(password: &str) -> Result<Verifier, ScramError> {
-        Verifier::parse(&postgres_protocol::password::scram_sha_256(
-            password.as_bytes(),
-        ))
+        Verifier::with_iterations(password, DEFAULT_ITERATIONS)
+    }
+
+    /// From a password with a random 16-byte salt and `iterations` of PBKDF2-HMAC-SHA-256
+    /// (RFC 5802's Hi; at least 1). The password is SASLprep'd as PostgreSQL does, and used
+    /// as it is when SASLprep refuses it (PostgreSQL's rule). A client computes the same
+    /// number of iterations at every login, so a verifier for a long random password (the
+    /// sidecar's own) can use few: they add nothing against guessing such a password.
+    pub fn with_iterations(password: &str, iterations: u32) -> Result<Verifier, ScramError> {
+        if iterations == 0 {
+            return Err(ScramError::Verifier);
+        }
+        let mut salt = vec![0u8; 16];
+        getrandom::fill(&mut salt).map_err(|_| ScramError::Verifier)?;
+        Verifier::derive(password, salt, iterations)
+    }
+
+    fn derive(password: &str, salt: Vec<u8>, iterations: u32) -> Result<Verifier, ScramError> {
+        let prepped = stringprep::saslprep(password);
+        let password = prepped.as_deref().unwrap_or(password).as_bytes();
+        // Hi(password, salt, i) = U1 ^ … ^ Ui, U1 = HMAC(password, salt ‖ INT(1)).
+        let mut u = hmac(password, &[salt.as_slice(), &1u32.to_be_bytes()].concat())?;
+        let mut salted = u.clone();
+        for _ in 1..iterations {
+            u = hmac(password, &u)?;
+            salted.iter_mut().zip(&u).for_each(|(a, b)| *a ^= b);
+        }
+        let client_key = hmac(&salted, b"Client Key")?;
+        Ok(Verifier {
+            iterations,
+            salt,
+            stored_key: Sha256::digest(&client_key).to_vec(),
+            server_key: hmac(&salted, b"Server Key")?,
+        })
     }
 
     /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, as in pg_authid.
@@ -220,6 +254,30 @@ mod tests {
     fn the_right_password_logs_in_and_the_client_verifies_the_server() {
         assert_eq!(login("s3cret p@ss", "s3cret p@ss"), Ok(()));
         assert_eq!(login("ünïcode", "ünïcode"), Ok(()));
+    }
+
+    #[test]
+    fn a_verifier_of_any_iteration_count_is_postgresqls_and_logs_in() {
+        // The same salt and 4096 iterations: what PostgreSQL (and postgres-protocol) store.
+        for password in ["s3cret p@ss", "ünïcode", "I\u{00AD}X"] {
+            let theirs = Verifier::parse(&postgres_protocol::password::scram_sha_256(
+                password.as_bytes(),
+            ))
+            .unwrap();
+            let ours = Verifier::derive(password, theirs.salt.clone(), 4096).unwrap();
+            assert!(theirs == ours, "{password:?}");
+        }
+        for iterations in [1, 2, 16] {
+            let verifier = Verifier::with_iterations("pw", iterations).unwrap();
+            assert_eq!(verifier.iterations, iterations);
+            let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
+            let (exchange, first) = server_first(&verifier, client.message(), "srv").unwrap();
+            assert!(first.ends_with(&format!(",i={iterations}")), "{first}");
+            client.update(first.as_bytes()).unwrap();
+            let last = server_final(&verifier, &exchange, client.message()).unwrap();
+            client.finish(last.as_bytes()).unwrap();
+        }
+        assert!(Verifier::with_iterations("pw", 0).is_err());
     }
 
     #[test]

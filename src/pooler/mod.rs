@@ -31,7 +31,7 @@ pub async fn run(
     overrides: Overrides,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let verifier = config::client_verifier(&upstream, settings.client_auth)?;
+    let verifier = config::client_verifier(&upstream, &settings)?;
     let metrics = Arc::new(Metrics::default());
     let pool = Arc::new(Pool::new(
         settings.clone(),
@@ -145,7 +145,7 @@ async fn maintain(pool: Arc<Pool>, overrides: Overrides) {
             continue;
         }
         match config::upstream(&files, &overrides).and_then(|u| {
-            let v = config::client_verifier(&u, pool.settings.client_auth)?;
+            let v = config::client_verifier(&u, &pool.settings)?;
             Ok((u, v))
         }) {
             Ok((upstream, verifier)) => {
