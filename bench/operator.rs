@@ -176,6 +176,10 @@ fn stop(pid: u32) {
 
 struct Measured {
     all_ready: Duration,
+    /// API requests per connection during the first pass, by "VERB resource".
+    calls: Vec<(String, f64)>,
+    /// Reconciles per connection during the first pass.
+    per_connection: f64,
     reconciles: f64,
     peak_rss_mib: f64,
     outage: Duration,
@@ -243,12 +247,23 @@ async fn measure(
     pid_file: &Path,
 ) -> anyhow::Result<Measured> {
     let http_port = testbed::free_port()?;
+    let apiserver = client(&bed.kube.kubeconfig).await?;
+    let calls_before = api_calls(&apiserver).await?;
     let _watchdog = start_operator(bed, http_port, log, pid_file)?;
     let pid = operator_pid(pid_file)?;
     let all_ready = until(conns, Duration::from_secs(900), "first reconcile", |n| {
         n == COUNT
     })
     .await?;
+    let calls_after = api_calls(&apiserver).await?;
+    let calls: Vec<(String, f64)> = calls_after
+        .iter()
+        .map(|(k, after)| {
+            let before = calls_before.get(k).copied().unwrap_or(0.0);
+            (k.clone(), (after - before) / COUNT as f64)
+        })
+        .filter(|(_, per)| *per >= 0.005)
+        .collect();
     let reconciles = reconciles_total(http_port)?;
     let peak_rss_mib = peak_rss_kib(pid)? / 1024.0;
 
@@ -271,11 +286,43 @@ async fn measure(
     stop(pid);
     Ok(Measured {
         all_ready,
+        calls,
+        per_connection: reconciles / COUNT as f64,
         reconciles: reconciles / all_ready.as_secs_f64(),
         peak_rss_mib,
         outage,
         settle,
     })
+}
+
+/// The apiserver's request counters (apiserver_request_total), summed by verb and resource.
+async fn api_calls(client: &Client) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let text = client
+        .request_text(hyper::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let mut calls = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let (labels, value) = line.rsplit_once(' ').unwrap_or_default();
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let resource = match label("subresource").as_str() {
+            "" => label("resource"),
+            sub => format!("{}/{sub}", label("resource")),
+        };
+        *calls
+            .entry(format!("{} {resource}", label("verb")))
+            .or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(calls)
 }
 
 fn reconciles_total(port: u16) -> anyhow::Result<f64> {
@@ -327,6 +374,10 @@ fn print_table(m: &Measured) {
         "reconciles per second (first pass)", m.reconciles, "-", "-"
     );
     println!(
+        "{:<44} {:>10.2} {:>10} {:>12}",
+        "reconciles per connection (first pass)", m.per_connection, "-", "-"
+    );
+    println!(
         "{:<44} {:>7.1}MiB {:>7}MiB {:>11.2}x",
         "operator peak RSS",
         m.peak_rss_mib,
@@ -347,4 +398,11 @@ fn print_table(m: &Measured) {
         "-",
         "-"
     );
+    println!();
+    println!("apiserver requests per connection during the first pass (every client, by verb):");
+    let total: f64 = m.calls.iter().map(|(_, n)| n).sum();
+    for (call, per) in &m.calls {
+        println!("  {call:<42} {per:>8.2}");
+    }
+    println!("  {:<42} {total:>8.2}", "all");
 }

@@ -2,15 +2,21 @@
 # make bench-pooler: dbconn pooler vs PgBouncer vs direct PostgreSQL, side by side in one run
 # on a fresh test bed (run through scripts/with-bed.sh, which exports DATABASE_URL,
 # PGSSLROOTCERT and DBCONN_BED). Same pool size and transaction mode for both poolers; pgbench
-# select-only (-S) with -M simple, -M extended and -M prepared (named statements, which each
-# transaction may run on a different server connection) at 10 and 100 clients, and -C (a new
-# connection per transaction); once with a plain upstream and once with verify-full TLS
-# upstream. Prints tps, mean latency, pooler CPU µs per transaction (from /proc) and ratios.
-# Nothing here is asserted: these machines are shared and noisy.
+# select-only (-S, scale 10, -j 2) with -M simple, -M extended and -M prepared (named
+# statements, which each transaction may run on a different server connection) at 10 and 100
+# clients, and -C (a new connection per transaction); once with a plain upstream and once
+# with verify-full TLS upstream. Each cell is the median of BENCH_RUNS (3) runs of
+# BENCH_SECONDS (5) s, interleaved (direct, PgBouncer, dbconn, direct, …) so drift on this
+# shared machine falls on all three alike. Then each pooler runs every row again under
+# callgrind for BENCH_CALLGRIND_TX transactions: instructions per transaction, a figure that
+# does not move with the machine's load. Prints tps, ratios, instructions, pooler CPU µs per
+# transaction (from /proc) and dbconn's latency. Nothing here is asserted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SECONDS_PER_ROW="${BENCH_SECONDS:-8}"
+SECONDS_PER_ROW="${BENCH_SECONDS:-5}"
+RUNS="${BENCH_RUNS:-3}"
+CALLGRIND_TX="${BENCH_CALLGRIND_TX:-3000}"
 POOL_SIZE="${BENCH_POOL_SIZE:-5}"
 work="$DBCONN_BED/bench-pooler"
 mkdir -p "$work"
@@ -44,11 +50,11 @@ start_dbconn() {
     printf 127.0.0.1 >"$dir/host"; printf disable >"$dir/sslmode"; rm -f "$dir/ca.crt"
   fi
   p=$(free_port); h=$(free_port)
-  RUST_LOG=warn "$dbconn" pooler --secret-dir "$dir" --listen "127.0.0.1:$p" --http-addr "127.0.0.1:$h" \
+  RUST_LOG=warn ${WRAP:-} "$dbconn" pooler --secret-dir "$dir" --listen "127.0.0.1:$p" --http-addr "127.0.0.1:$h" \
     --pool-size "$POOL_SIZE" --min-idle "$POOL_SIZE" --max-clients 1000 --client-scram-iterations 16 >"$work/dbconn-$1.log" 2>&1 &
   pids+=($!)
   PID=$!; PORT=$p; HTTP=$h
-  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$h/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 600); do curl -fs "http://127.0.0.1:$h/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 }
 
 # A counter of the dbconn pooler on HTTP port $1.
@@ -84,16 +90,24 @@ pidfile = $dir/pgbouncer.pid
 $tls
 EOF
   # PgBouncer refuses to run as root; use the postgres user when we are root.
+  rm -f "$dir/pgbouncer.pid"
   if [ "$(id -u)" = 0 ]; then
     chown -R postgres "$dir"
-    runuser -u postgres -- pgbouncer "$dir/pgbouncer.ini" >/dev/null 2>&1 &
+    runuser -u postgres -- ${WRAP:-} pgbouncer "$dir/pgbouncer.ini" >/dev/null 2>&1 &
   else
-    pgbouncer "$dir/pgbouncer.ini" >/dev/null 2>&1 &
+    ${WRAP:-} pgbouncer "$dir/pgbouncer.ini" >/dev/null 2>&1 &
   fi
-  for _ in $(seq 100); do [ -s "$dir/pgbouncer.pid" ] && break; sleep 0.1; done
+  for _ in $(seq 600); do [ -s "$dir/pgbouncer.pid" ] && break; sleep 0.1; done
   sleep 0.3
   PID=$(cat "$dir/pgbouncer.pid"); PORT=$p
   pids+=("$PID")
+}
+
+# stop PID: SIGTERM (PgBouncer: SIGINT, a safe shutdown) and wait for it to go.
+stop() {
+  kill -INT "$1" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -117,28 +131,82 @@ run() {
   echo "${tps:-0} ${lat:-0} $cpu"
 }
 
-printf '\n%-7s %-22s %12s %10s %10s %12s %10s %10s %10s %10s %10s\n' upstream workload direct_tps pgb_tps dbconn_tps dbconn/pgb dbconn/dir pgb_cpu_us dbc_cpu_us dbc_lat_ms resets/tx
-printf '%s\n' "$(printf -- '-%.0s' {1..135})"
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else print v[int((NR + 1) / 2)] }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2fx", a / b; else print "-" }'; }
+# A pooler that cannot run the workload (PgBouncer before 1.21 with -M prepared) shows "fails".
+num() { if [[ $1 =~ ^[0-9.]+$ ]]; then printf '%.0f' "$1"; else echo fails; fi; }
+rows=("simple 10" "simple 100" "extended 10" "extended 100" "prepared 10" "prepared 100" "connect 10")
+args_of() {
+  if [ "$1" = connect ]; then ARGS=(-C -c "$2" -M simple); LABEL="-C -c $2"; else ARGS=(-M "$1" -c "$2"); LABEL="-M $1 -c $2"; fi
+}
+
+declare -A result
 for upstream in plain tls; do
   start_dbconn "$upstream"; dport=$PORT; dpid=$PID; dhttp=$HTTP
   start_pgbouncer "$upstream"; bport=$PORT; bpid=$PID
   direct_mode=disable; [ "$upstream" = tls ] && direct_mode=verify-full
-  for row in "simple 10" "simple 100" "extended 10" "extended 100" "prepared 10" "prepared 100" "connect 10"; do
-    set -- $row
-    if [ "$1" = connect ]; then args=(-C -c "$2" -M simple); label="-C -c $2"; else args=(-M "$1" -c "$2"); label="-M $1 -c $2"; fi
-    read -r dtps _ _ < <(run "$port" "$direct_mode" - "${args[@]}")
-    read -r btps _ bcpu < <(run "$bport" disable "$bpid" "${args[@]}")
+  for row in "${rows[@]}"; do
+    args_of $row
+    d=(); b=(); c=(); bc=(); cc=(); cl=()
     resets0=$(counter "$dhttp" server_resets_total); tx0=$(counter "$dhttp" transactions_total)
-    read -r ctps clat ccpu < <(run "$dport" disable "$dpid" "${args[@]}")
+    for _ in $(seq "$RUNS"); do
+      read -r t _ _ < <(run "$port" "$direct_mode" - "${ARGS[@]}"); d+=("$t")
+      read -r t _ u < <(run "$bport" disable "$bpid" "${ARGS[@]}"); b+=("$t"); bc+=("$u")
+      read -r t l u < <(run "$dport" disable "$dpid" "${ARGS[@]}"); c+=("$t"); cc+=("$u"); cl+=("$l")
+    done
     resets1=$(counter "$dhttp" server_resets_total); tx1=$(counter "$dhttp" transactions_total)
     per_tx=$(awk -v r="$((${resets1%.*} - ${resets0%.*}))" -v t="$((${tx1%.*} - ${tx0%.*}))" 'BEGIN { if (t > 0) printf "%.2f", r / t; else print "-" }')
-    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2fx", a / b; else print "-" }'; }
-    # A pooler that cannot run the workload (PgBouncer before 1.21 with -M prepared) shows "fails".
-    num() { if [[ $1 =~ ^[0-9.]+$ ]]; then printf '%.0f' "$1"; else echo fails; fi; }
-    printf '%-7s %-22s %12s %10s %10s %12s %10s %10s %10s %10s %10s\n' "$upstream" "$label" "$(num "$dtps")" "$(num "$btps")" "$(num "$ctps")" \
-      "$(ratio "$ctps" "$btps")" "$(ratio "$ctps" "$dtps")" "$bcpu" "$ccpu" "$clat" "$per_tx"
+    key="$upstream/$LABEL"
+    result[$key]="$(printf '%s\n' "${d[@]}" | median) $(printf '%s\n' "${b[@]}" | median) $(printf '%s\n' "${c[@]}" | median) $(printf '%s\n' "${bc[@]}" | median) $(printf '%s\n' "${cc[@]}" | median) $(printf '%s\n' "${cl[@]}" | median) $per_tx"
+  done
+  stop "$dpid"; stop "$bpid"
+done
+
+# Instructions per transaction: each pooler under callgrind, counters zeroed before and
+# dumped after pgbench -t (transactions per client), so start-up is not counted.
+instructions() {
+  local pid=$1 p=$2; shift 2
+  local clients=1 dumps before prev=""
+  for a in "$@"; do [ "$prev" = -c ] && clients=$a; prev=$a; done
+  callgrind_control --zero "$pid" >/dev/null 2>&1 || { echo -; return; }
+  local per_client=$(( (CALLGRIND_TX + clients - 1) / clients ))
+  PGPASSWORD="$password" "$pgbin/pgbench" -n -S -t "$per_client" -j 2 -h 127.0.0.1 -p "$p" -U bench "$@" bench >/dev/null 2>&1 \
+    || { echo fails; return; }
+  before=$(ls "$work"/callgrind.out.* 2>/dev/null | wc -l)
+  callgrind_control --dump "$pid" >/dev/null 2>&1 || { echo -; return; }
+  for _ in $(seq 100); do dumps=$(ls "$work"/callgrind.out.* 2>/dev/null | wc -l); [ "$dumps" -gt "$before" ] && break; sleep 0.1; done
+  local file; file=$(ls -t "$work"/callgrind.out.* | head -1)
+  awk -v n="$(( per_client * clients ))" '/^(summary|totals):/ { print int($2 / n); exit }' "$file"
+}
+if command -v callgrind_control >/dev/null; then
+  for upstream in plain tls; do
+    rm -f "$work"/callgrind.out.*
+    chmod 777 "$work"
+    WRAP="valgrind -q --tool=callgrind --callgrind-out-file=$work/callgrind.out.%p"
+    start_dbconn "$upstream"; dport=$PORT; dpid=$PID
+    start_pgbouncer "$upstream"; bport=$PORT; bpid=$PID
+    # valgrind is the process: its pid is the one to control (PgBouncer's pid file has it too).
+    for row in "${rows[@]}"; do
+      args_of $row
+      key="$upstream/$LABEL"
+      result[$key]="${result[$key]} $(instructions "$bpid" "$bport" "${ARGS[@]}") $(instructions "$dpid" "$dport" "${ARGS[@]}")"
+    done
+    stop "$dpid"; stop "$bpid"
+    unset WRAP
+  done
+fi
+
+printf '\n%-7s %-20s %10s %9s %10s %10s %10s %10s %10s %8s %10s %10s %10s %9s\n' upstream workload direct_tps pgb_tps dbconn_tps dbconn/pgb dbconn/dir pgb_Ir/tx dbc_Ir/tx Ir_ratio pgb_cpu_us dbc_cpu_us dbc_lat_ms resets/tx
+printf '%s\n' "$(printf -- '-%.0s' {1..156})"
+for upstream in plain tls; do
+  for row in "${rows[@]}"; do
+    args_of $row
+    read -r dt bt ct bcpu ccpu clat per_tx bir cir <<<"${result[$upstream/$LABEL]}"
+    printf '%-7s %-20s %10s %9s %10s %10s %10s %10s %10s %8s %10s %10s %10s %9s\n' "$upstream" "$LABEL" "$(num "$dt")" "$(num "$bt")" "$(num "$ct")" \
+      "$(ratio "$ct" "$bt")" "$(ratio "$ct" "$dt")" "${bir:--}" "${cir:--}" "$(ratio "${bir:-0}" "${cir:-0}")" "$bcpu" "$ccpu" "$clat" "$per_tx"
   done
 done
+echo "tps: median of $RUNS interleaved runs of $SECONDS_PER_ROW s; Ir/tx: callgrind instructions per transaction over ${CALLGRIND_TX} transactions (Ir_ratio = PgBouncer ÷ dbconn: above 1 means dbconn runs fewer)"
 
 # Memory and start-up of the sidecar.
 start_dbconn plain; mport=$PORT; mpid=$PID

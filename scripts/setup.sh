@@ -13,6 +13,8 @@ need_apt=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql postgresql-contrib)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v pgbouncer >/dev/null || need_apt+=(pgbouncer)
+# make bench-pooler counts instructions per transaction with callgrind.
+command -v callgrind_control >/dev/null || need_apt+=(valgrind)
 command -v runuser >/dev/null || need_apt+=(util-linux)
 command -v setsid >/dev/null || need_apt+=(util-linux)
 # The bed's node (testbed/src/node.rs): containerd, runc and the CNI plugins run pods,
