@@ -115,7 +115,7 @@ async fn the_console_shows_pools_clients_servers_and_stats_and_pauses_reconnects
     assert_eq!(column(&pools, "sv_idle"), "0");
     assert_eq!(column(&pools, "pool_mode"), "transaction");
     assert!(column(&pools, "maxwait").parse::<u64>().expect("maxwait") >= 1);
-    // The same figures on /metrics (maxwait and sv_idle are refreshed every second).
+    // The same figures on /metrics (read from the pool at each scrape).
     assert_eq!(p.metric("dbconn_pooler_cl_active "), 1.0);
     assert_eq!(p.metric("dbconn_pooler_sv_active "), 1.0);
     assert_eq!(p.metric("dbconn_pooler_pool_size "), 1.0);

@@ -26,14 +26,14 @@ pub struct Metrics {
     pub cl_waiting: Gauge,
     /// Server connections lent to a client.
     pub sv_active: Gauge,
-    /// Server connections idle in the pool, ready for any client (refreshed every second).
+    /// Server connections idle in the pool, ready for any client (read at each scrape).
     pub sv_idle: Gauge,
     /// Idle server connections another client left session state on: reset before their
-    /// next client (PgBouncer's sv_used; refreshed every second).
+    /// next client (PgBouncer's sv_used; read at each scrape).
     pub sv_used: Gauge,
     /// The configured pool size.
     pub pool_size: Gauge,
-    /// How long the longest-waiting client has waited, in seconds (refreshed every second).
+    /// How long the longest-waiting client has waited, in seconds (read at each scrape).
     pub maxwait: Gauge<f64, AtomicU64>,
     pub server_connects: Counter,
     pub transactions: Counter,

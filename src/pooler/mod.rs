@@ -113,7 +113,10 @@ fn routes(pool: Arc<Pool>) -> Routes {
         // application containers start only when the server can be reached.
         "/readyz" if pool.is_ready() => Reply::text(200, "ok\n"),
         "/readyz" => Reply::text(503, "cannot log in to the server yet\n"),
-        "/metrics" => pool.metrics.reply(),
+        "/metrics" => {
+            pool.refresh_gauges();
+            pool.metrics.reply()
+        }
         _ => Reply::not_found(),
     })
 }

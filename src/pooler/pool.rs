@@ -225,6 +225,20 @@ impl Pool {
             .store(server.unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// Sets the gauges read from the pool's state (sv_idle, sv_used, maxwait): every second,
+    /// and before each scrape of /metrics.
+    pub fn refresh_gauges(&self) {
+        let (idle, used) = {
+            let idle = self.lock_idle();
+            let used = idle.iter().filter(|c| self.needs_reset(c)).count();
+            (idle.len(), used)
+        };
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics.sv_idle.set(gauge(idle - used));
+        self.metrics.sv_used.set(gauge(used));
+        self.metrics.maxwait.set(self.maxwait().as_secs_f64());
+    }
+
     /// How long the longest-waiting client has waited now.
     pub fn maxwait(&self) -> Duration {
         let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -535,17 +549,7 @@ impl Pool {
             *idle = kept;
             idle.len()
         };
-        let used = self
-            .lock_idle()
-            .iter()
-            .filter(|c| self.needs_reset(c))
-            .count();
-        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.metrics
-            .sv_idle
-            .set(gauge(idle_count - used.min(idle_count)));
-        self.metrics.sv_used.set(gauge(used));
-        self.metrics.maxwait.set(self.maxwait().as_secs_f64());
+        self.refresh_gauges();
         // min_idle counts every open connection, lent or idle: never more than pool_size.
         let lent = self
             .settings
