@@ -137,9 +137,11 @@ impl ClientInfo {
 struct Cancels {
     /// Each client's cancel key (the BackendKeyData the pooler gave it) → the key of the
     /// server backend running its statements, while it has one.
-    serving: std::collections::HashMap<BackendKey, Option<BackendKey>>,
+    /// (Ordered maps: a few comparisons of two integers cost less than hashing them, twice
+    /// per transaction.)
+    serving: BTreeMap<BackendKey, Option<BackendKey>>,
     /// Backends with cancels in flight, and how many.
-    in_flight: std::collections::HashMap<BackendKey, usize>,
+    in_flight: BTreeMap<BackendKey, usize>,
 }
 
 impl Pool {

@@ -193,18 +193,18 @@ fn setting(w: &[String]) -> Vec<String> {
     }]
 }
 
-/// What the SQL of a simple query or a prepared statement may do to the session.
+/// What the SQL of a simple query or a prepared statement may do to the session. Runs for
+/// every query a client sends in transaction mode: the common case (one statement, no
+/// quotes, calls or comments) costs one lower-cased copy and a few substring searches.
 pub fn scan(sql: &str) -> Scan {
+    let seen = Seen::of(sql);
     let mut s = Scan {
-        may_pin: PIN_WORDS.iter().any(|w| contains_ci(sql, w)),
-        dirty: !plain(sql),
+        may_pin: seen.pin,
+        dirty: !plain_seen(sql, &seen),
         ..Scan::default()
     };
     // Most statements are not SET/RESET/DISCARD: skip the split unless one could be.
-    if !["set", "reset", "discard"]
-        .iter()
-        .any(|w| contains_ci(sql, w))
-    {
+    if !seen.setting {
         return s;
     }
     for stmt in statements(sql) {
@@ -301,22 +301,77 @@ const PLAIN_CALLS: [&str; 48] = [
 /// which may fire triggers; CALL; DO; SET; DDL; any other function call) may change session
 /// state unseen. Functions a view or a row-level-security policy calls are not seen.
 pub fn plain(sql: &str) -> bool {
-    // The common case without splitting: one statement, no call, no INTO.
-    let single = !sql.contains(['(', ';', '$', '\'', '"', '-', '/']);
-    if single && !contains_ci(sql, " into ") {
-        let first = sql.trim_start().split(|c: char| c.is_whitespace()).next();
-        if let Some(w) = first {
-            let w = w.to_ascii_lowercase();
-            return PLAIN_HEADS.contains(&w.as_str()) && w != "prepare";
+    plain_seen(sql, &Seen::of(sql))
+}
+
+/// `plain`, with the keywords of `sql` found.
+fn plain_seen(sql: &str, seen: &Seen) -> bool {
+    // The common case without splitting: one statement (a final `;` allowed), no call, no
+    // quote, no comment, no dollar quote (`$1` parameters allowed), no INTO.
+    if simple(sql) && !seen.into {
+        let body = sql.trim_end();
+        let body = body.strip_suffix(';').unwrap_or(body);
+        let first = body.trim_start().split(|c: char| c.is_whitespace()).next();
+        if let Some(w) = first.filter(|w| !w.is_empty()) {
+            return PLAIN_HEADS.iter().any(|h| h.eq_ignore_ascii_case(w))
+                && !w.eq_ignore_ascii_case("prepare");
         }
     }
+    plain_split(sql)
+}
+
+/// The keywords the scan looks for, found in one pass over the SQL (ASCII case-insensitive).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Seen {
+    /// One of PIN_WORDS, anywhere (also inside a longer word or a literal: it only sends the
+    /// pooler to look).
+    pin: bool,
+    /// ` into `.
+    into: bool,
+    /// SET, RESET or DISCARD as a word.
+    setting: bool,
+}
+
+impl Seen {
+    fn of(sql: &str) -> Seen {
+        let b = sql.as_bytes();
+        let at = |i: usize, w: &str| {
+            b.get(i..i + w.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(w.as_bytes()))
+        };
+        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+        let word = |i: usize, w: &str| {
+            at(i, w)
+                && !i.checked_sub(1).is_some_and(|p| ident(b[p]))
+                && !b.get(i + w.len()).is_some_and(|c| ident(*c))
+        };
+        let mut seen = Seen::default();
+        for (i, c) in b.iter().enumerate() {
+            match c.to_ascii_lowercase() {
+                // The first letters of PIN_WORDS.
+                b'a' | b'l' | b't' | b'h' | b'p' => {
+                    seen.pin |= PIN_WORDS.iter().any(|w| at(i, w));
+                }
+                b' ' => seen.into |= at(i, " into "),
+                b's' => seen.setting |= word(i, "set"),
+                b'r' => seen.setting |= word(i, "reset"),
+                b'd' => seen.setting |= word(i, "discard"),
+                _ => {}
+            }
+        }
+        seen
+    }
+}
+
+/// `plain` by splitting into statements: for SQL the fast path does not take.
+fn plain_split(sql: &str) -> bool {
     statements(sql).iter().all(|stmt| {
         let head = words(stmt, 2);
         let first = head.first().map(String::as_str).unwrap_or("");
         // PREPARE TRANSACTION is transaction control; PREPARE name AS … is session state.
         let plain_head = PLAIN_HEADS.contains(&first)
             && !(first == "prepare" && head.get(1).is_none_or(|w| w != "transaction"));
-        plain_head && !calls_function(stmt) && !contains_ci(stmt, " into ")
+        plain_head && !calls_function(stmt) && !Seen::of(stmt).into
     })
 }
 
@@ -366,15 +421,95 @@ fn calls_function(stmt: &str) -> bool {
     false
 }
 
-fn contains_ci(hay: &str, needle: &str) -> bool {
-    hay.as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+/// One statement that `statements` would return unchanged and `calls_function` pass:
+/// nothing but an optional final `;` (and blanks) after it, no `(`, quote or comment, and
+/// `$` only as a parameter (`$1`). Pure.
+fn simple(sql: &str) -> bool {
+    let body = sql.trim_end();
+    let body = body.strip_suffix(';').unwrap_or(body).as_bytes();
+    body.iter().enumerate().all(|(i, c)| {
+        let next = body.get(i + 1).copied().unwrap_or(b' ');
+        match c {
+            b'(' | b';' | b'\'' | b'"' => false,
+            b'-' => next != b'-',
+            b'/' => next != b'*',
+            b'$' => next.is_ascii_digit(),
+            _ => true,
+        }
+    })
 }
+
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn contains_ci(hay: &str, needle: &str) -> bool {
+        hay.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_split() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+            "SELECT 1 FROM \"T\" WHERE x IN (1);",
+            "Commit;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
+            "select 1",
+            "SeLeCt 1 ;  ",
+            "select -1, a-b, 4/2",
+            "SELECT 1 -- a comment ( ;",
+            "SELECT * FROM t /* set_config( */",
+            "select $$x$$",
+            "select $tag$ ; $tag$",
+            "SELECT 1 INTO t",
+            "select 1 into t;",
+            "UPDATE t SET x = 1",
+            "INSERT INTO t VALUES (1)",
+            "prepare x as select 1",
+            "PREPARE TRANSACTION 'x'",
+            "begin",
+            "COMMIT;",
+            "values (1)",
+            "show search_path;",
+            "select set_config('a', 'b', false)",
+            "select\tpg_advisory_lock(1)",
+            "select 1; select 2",
+            "select 1;;",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "CALL p()",
+            "DO $$ BEGIN END $$",
+            "",
+            ";",
+            "   ",
+            "select \"weird\"",
+            "sélect 1",
+        ] {
+            if simple(sql) && !contains_ci(sql, " into ") {
+                assert_eq!(plain(sql), plain_split(sql), "{sql:?}");
+            }
+            // The one-pass keyword search finds what substring searches find.
+            let pins = PIN_WORDS.iter().any(|w| contains_ci(sql, w));
+            let setting = ["set", "reset", "discard"].iter().any(|w| {
+                statements(sql).iter().any(|s| words(s, 64).iter().any(|x| x == w))
+            });
+            let seen = Seen::of(sql);
+            assert_eq!(seen.pin, pins, "{sql:?}");
+            assert_eq!(seen.into, contains_ci(sql, " into "), "{sql:?}");
+            assert!(seen.setting || !setting, "{sql:?}: a SET missed");
+        }
+        assert!(plain("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"));
+        assert!(plain("SELECT abalance FROM pgbench_accounts WHERE aid = $1;"));
+        assert!(!plain("select 1 into t;"));
+        assert!(!plain("UPDATE t SET x = 1;"));
+        assert!(Seen::of("update t SET x = 1").setting);
+        assert!(!Seen::of("select 1 offset 2").setting);
+        assert!(!Seen::of("select settings, reset_val").setting);
+        assert!(Seen::of("select 1;reset all").setting);
+        assert!(Seen::of("SELECT pg_advisory_lock(1)").pin);
+    }
 
     #[test]
     fn session_level_sets_and_resets_are_found_and_local_ones_are_not() {

@@ -222,7 +222,12 @@ impl Session {
             State::Idle => self.bind().await?,
             State::Bound(_) => None,
         };
-        let context = self.statement_context();
+        // What names a statement on the server: needed only to prepare one.
+        let context = if self.prepared.is_some() && tags.iter().any(|t| t.0 == b'P') {
+            self.statement_context()
+        } else {
+            Vec::new()
+        };
         let now = self.pool.statement_tick();
         let State::Bound(b) = &mut self.state else {
             return Ok(terminate);
