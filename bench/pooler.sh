@@ -164,19 +164,24 @@ done
 
 # Instructions per transaction: each pooler under callgrind, counters zeroed before and
 # dumped after pgbench -t (transactions per client), so start-up is not counted.
+# callgrind_control as the user the pooler runs as (vgdb finds a process by its user's FIFOs).
+ctl() {
+  local owner; owner=$(stat -c %U "/proc/$1")
+  if [ "$owner" != "$(id -un)" ]; then runuser -u "$owner" -- callgrind_control "$2" "$1"; else callgrind_control "$2" "$1"; fi
+}
 instructions() {
   local pid=$1 p=$2; shift 2
   local clients=1 dumps before prev=""
   for a in "$@"; do [ "$prev" = -c ] && clients=$a; prev=$a; done
   local zeroed=""
-  for _ in $(seq 20); do callgrind_control --zero "$pid" >/dev/null 2>&1 && { zeroed=1; break; }; sleep 0.5; done
+  for _ in $(seq 20); do ctl "$pid" --zero >/dev/null 2>&1 && { zeroed=1; break; }; sleep 0.5; done
   [ -n "$zeroed" ] || { echo -; return; }
   local per_client=$(( (CALLGRIND_TX + clients - 1) / clients ))
   PGPASSWORD="$password" "$pgbin/pgbench" -n -S -t "$per_client" -j 2 -h 127.0.0.1 -p "$p" -U bench "$@" bench >/dev/null 2>&1 \
     || { echo fails; return; }
   # This process's dumps are callgrind.out.<pid>.<n>; the new one has the next n.
   before=$(ls "$work"/callgrind.out."$pid".* 2>/dev/null | wc -l)
-  callgrind_control --dump "$pid" >/dev/null 2>&1 || { echo -; return; }
+  ctl "$pid" --dump >/dev/null 2>&1 || { echo -; return; }
   for _ in $(seq 100); do dumps=$(ls "$work"/callgrind.out."$pid".* 2>/dev/null | wc -l); [ "$dumps" -gt "$before" ] && break; sleep 0.1; done
   local file; file=$(ls "$work"/callgrind.out."$pid".* | awk -F. '{ print $NF, $0 }' | sort -n | tail -1 | cut -d' ' -f2-)
   sleep 0.2 # the dump is written whole before the next row starts
