@@ -135,7 +135,8 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else prin
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2fx", a / b; else print "-" }'; }
 # A pooler that cannot run the workload (PgBouncer before 1.21 with -M prepared) shows "fails".
 num() { if [[ $1 =~ ^[0-9.]+$ ]]; then printf '%.0f' "$1"; else echo fails; fi; }
-rows=("simple 10" "simple 100" "extended 10" "extended 100" "prepared 10" "prepared 100" "connect 10")
+# BENCH_ROWS picks rows, as "simple 10;connect 10".
+IFS=';' read -ra rows <<<"${BENCH_ROWS:-simple 10;simple 100;extended 10;extended 100;prepared 10;prepared 100;connect 10}"
 args_of() {
   if [ "$1" = connect ]; then ARGS=(-C -c "$2" -M simple); LABEL="-C -c $2"; else ARGS=(-M "$1" -c "$2"); LABEL="-M $1 -c $2"; fi
 }
@@ -169,23 +170,34 @@ ctl() {
   local owner; owner=$(stat -c %U "/proc/$1")
   if [ "$owner" != "$(id -un)" ]; then runuser -u "$owner" -- callgrind_control "$2" "$1"; else callgrind_control "$2" "$1"; fi
 }
-instructions() {
-  local pid=$1 p=$2; shift 2
-  local clients=1 dumps before prev=""
-  for a in "$@"; do [ "$prev" = -c ] && clients=$a; prev=$a; done
-  local zeroed=""
+# Ir of one pgbench run of $1 transactions per client (counters zeroed before, dumped after).
+ir_of_run() {
+  local pid=$1 p=$2 per_client=$3; shift 3
+  local zeroed="" before dumps file
   for _ in $(seq 20); do ctl "$pid" --zero >/dev/null 2>&1 && { zeroed=1; break; }; sleep 0.5; done
-  [ -n "$zeroed" ] || { echo -; return; }
-  local per_client=$(( (CALLGRIND_TX + clients - 1) / clients ))
-  PGPASSWORD="$password" "$pgbin/pgbench" -n -S -t "$per_client" -j 2 -h 127.0.0.1 -p "$p" -U bench "$@" bench >/dev/null 2>&1 \
-    || { echo fails; return; }
+  [ -n "$zeroed" ] || return 1
+  PGPASSWORD="$password" "$pgbin/pgbench" -n -S -t "$per_client" -j 2 -h 127.0.0.1 -p "$p" -U bench "$@" bench >/dev/null 2>&1 || return 1
   # This process's dumps are callgrind.out.<pid>.<n>; the new one has the next n.
   before=$(ls "$work"/callgrind.out."$pid".* 2>/dev/null | wc -l)
-  ctl "$pid" --dump >/dev/null 2>&1 || { echo -; return; }
+  ctl "$pid" --dump >/dev/null 2>&1 || return 1
   for _ in $(seq 100); do dumps=$(ls "$work"/callgrind.out."$pid".* 2>/dev/null | wc -l); [ "$dumps" -gt "$before" ] && break; sleep 0.1; done
-  local file; file=$(ls "$work"/callgrind.out."$pid".* | awk -F. '{ print $NF, $0 }' | sort -n | tail -1 | cut -d' ' -f2-)
-  sleep 0.2 # the dump is written whole before the next row starts
-  awk -v n="$(( per_client * clients ))" '/^(summary|totals):/ { print int($2 / n); exit }' "$file"
+  file=$(ls "$work"/callgrind.out."$pid".* | awk -F. '{ print $NF, $0 }' | sort -n | tail -1 | cut -d' ' -f2-)
+  sleep 0.2 # the dump is written whole before the next run starts
+  awk '/^(summary|totals):/ { print $2; exit }' "$file"
+}
+# Instructions per transaction: two runs of a row, a short and a long one; the difference
+# over the difference in transactions leaves out what does not grow with them (each client's
+# login: PgBouncer derives a SCRAM key with 4096 PBKDF2 iterations per login from a plain
+# auth_file password, dbconn keeps its verifier).
+instructions() {
+  local pid=$1 p=$2; shift 2
+  local clients=1 prev="" short long
+  for a in "$@"; do [ "$prev" = -c ] && clients=$a; prev=$a; done
+  local n_long=$(( (CALLGRIND_TX + clients - 1) / clients )) n_short
+  n_short=$(( n_long / 4 )); [ "$n_short" -ge 1 ] || n_short=1
+  short=$(ir_of_run "$pid" "$p" "$n_short" "$@") || { echo fails; return; }
+  long=$(ir_of_run "$pid" "$p" "$n_long" "$@") || { echo fails; return; }
+  awk -v a="$short" -v b="$long" -v n="$(( (n_long - n_short) * clients ))" 'BEGIN { printf "%d", (b - a) / n }'
 }
 if command -v callgrind_control >/dev/null; then
   for upstream in plain tls; do
