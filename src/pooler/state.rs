@@ -439,7 +439,6 @@ fn simple(sql: &str) -> bool {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,15 +492,21 @@ mod tests {
             // The one-pass keyword search finds what substring searches find.
             let pins = PIN_WORDS.iter().any(|w| contains_ci(sql, w));
             let setting = ["set", "reset", "discard"].iter().any(|w| {
-                statements(sql).iter().any(|s| words(s, 64).iter().any(|x| x == w))
+                statements(sql)
+                    .iter()
+                    .any(|s| words(s, 64).iter().any(|x| x == w))
             });
             let seen = Seen::of(sql);
             assert_eq!(seen.pin, pins, "{sql:?}");
             assert_eq!(seen.into, contains_ci(sql, " into "), "{sql:?}");
             assert!(seen.setting || !setting, "{sql:?}: a SET missed");
         }
-        assert!(plain("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"));
-        assert!(plain("SELECT abalance FROM pgbench_accounts WHERE aid = $1;"));
+        assert!(plain(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"
+        ));
+        assert!(plain(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+        ));
         assert!(!plain("select 1 into t;"));
         assert!(!plain("UPDATE t SET x = 1;"));
         assert!(Seen::of("update t SET x = 1").setting);
