@@ -264,6 +264,10 @@ async fn measure(
         })
         .filter(|(_, per)| *per >= 0.005)
         .collect();
+    // Printed now as well: the outage phase that follows can take minutes.
+    for (call, per) in &calls {
+        eprintln!("  apiserver requests per connection, first pass: {call:<36} {per:>8.2}");
+    }
     let reconciles = reconciles_total(http_port)?;
     let peak_rss_mib = peak_rss_kib(pid)? / 1024.0;
 
