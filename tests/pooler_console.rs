@@ -10,10 +10,18 @@ use std::time::{Duration, Instant};
 
 use support::pooler::{Pooler, app, first_value, message};
 
-/// psql on the console: its rows as `|`-separated lines, or its error output.
-fn console(p: &Pooler, user: &str, password: &str, sql: &str) -> Result<Vec<String>, String> {
+/// psql on the console (`-t`: rows only, or with column names first): its output lines, or
+/// its error output.
+fn psql_console(
+    p: &Pooler,
+    user: &str,
+    password: &str,
+    sql: &str,
+    rows_only: bool,
+) -> Result<Vec<String>, String> {
     let out = Command::new("psql")
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .args(["-X", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .args(rows_only.then_some("-t"))
         .arg(format!(
             "host=127.0.0.1 port={} dbname=pgbouncer user={user} sslmode=disable connect_timeout=10",
             p.port
@@ -31,37 +39,24 @@ fn console(p: &Pooler, user: &str, password: &str, sql: &str) -> Result<Vec<Stri
     }
 }
 
-/// psql with column names (`-t` off), for reading a row by column.
+/// The console's rows as `|`-separated lines, or psql's error output.
+fn console(p: &Pooler, user: &str, password: &str, sql: &str) -> Result<Vec<String>, String> {
+    psql_console(p, user, password, sql, true)
+}
+
+/// The console's first row, by column name.
 fn console_table(p: &Pooler, user: &str, password: &str, sql: &str) -> Vec<(String, String)> {
-    let out = Command::new("psql")
-        .args(["-X", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .arg(format!(
-            "host=127.0.0.1 port={} dbname=pgbouncer user={user} sslmode=disable",
-            p.port
-        ))
-        .env("PGPASSWORD", password)
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut lines = text.lines();
-    let header: Vec<String> = lines
-        .next()
-        .expect("header")
-        .split('|')
-        .map(str::to_owned)
-        .collect();
-    let first: Vec<String> = lines
-        .next()
-        .expect("a row")
-        .split('|')
-        .map(str::to_owned)
-        .collect();
-    header.into_iter().zip(first).collect()
+    let lines =
+        psql_console(p, user, password, sql, false).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let cells = |i: usize| -> Vec<String> {
+        lines
+            .get(i)
+            .unwrap_or_else(|| panic!("{sql}: no line {i}"))
+            .split('|')
+            .map(str::to_owned)
+            .collect()
+    };
+    cells(0).into_iter().zip(cells(1)).collect()
 }
 
 fn column<'a>(row: &'a [(String, String)], name: &str) -> &'a str {

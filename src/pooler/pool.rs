@@ -270,14 +270,8 @@ impl Pool {
     /// The console's RECONNECT: every server connection is replaced, idle ones now, lent
     /// ones when their client is done with them.
     pub fn reconnect(&self) {
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let creds = self.credentials();
-        *self.credentials.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Credentials {
-            upstream: creds.upstream.clone(),
-            verifier: creds.verifier.clone(),
-            generation,
-        });
-        self.lock_idle().clear();
+        self.set_credentials(creds.upstream.clone(), creds.verifier.clone());
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<ServerConn>> {
@@ -320,16 +314,23 @@ impl Pool {
         upstream: Upstream,
         verifier: Option<crate::pgwire::scram::Verifier>,
     ) {
+        self.set_credentials(Arc::new(upstream), verifier);
+    }
+
+    /// A new generation of credentials: idle connections of older ones close now, lent ones
+    /// when released (`checkin` keeps only the current generation).
+    fn set_credentials(
+        &self,
+        upstream: Arc<Upstream>,
+        verifier: Option<crate::pgwire::scram::Verifier>,
+    ) {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         *self.credentials.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Credentials {
-            upstream: Arc::new(upstream),
+            upstream,
             verifier,
             generation,
         });
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|c| c.generation == generation);
+        self.lock_idle().retain(|c| c.generation == generation);
     }
 
     /// The next tick of the statement clock.
