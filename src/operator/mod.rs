@@ -13,6 +13,7 @@ pub mod rollout;
 pub mod rotation;
 pub mod secret;
 mod server;
+mod slots;
 pub mod status;
 pub mod template;
 
@@ -84,9 +85,9 @@ pub struct Context {
     /// Servers that did not answer within the connect time-out, until when they are not
     /// tried again: a dead server must not hold every reconcile slot for its time-out.
     silent: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
-    /// Reconcile slots per namespace: one tenant (with many connections to a server that
-    /// stalls) never holds more than `namespace_concurrency` of them.
-    namespaces: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// DatabaseConnection reconcile slots: one tenant (with many connections, or a server
+    /// that stalls) never holds more than `namespace_concurrency` of them.
+    slots: slots::Slots,
 }
 
 impl Context {
@@ -133,19 +134,6 @@ impl Context {
             }
         }
         result
-    }
-
-    /// A reconcile slot of `namespace`, or `None` while all of them are taken.
-    fn namespace_slot(&self, namespace: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let per_namespace = usize::from(self.settings.namespace_concurrency.max(1));
-        let semaphore = self
-            .namespaces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(namespace.to_owned())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(per_namespace)))
-            .clone();
-        semaphore.try_acquire_owned().ok()
     }
 
     fn forget<K: Resource<DynamicType = ()>>(&self, obj: &K) {
@@ -200,11 +188,12 @@ async fn reconcile_connection(
     conn: Arc<DatabaseConnection>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let Some(_slot) = ctx.namespace_slot(&conn.namespace().unwrap_or_default()) else {
-        // This namespace has its share of reconciles running: look again shortly.
-        return Ok(Action::requeue(Duration::from_secs(2)));
-    };
-    let work = async {
+    let _slot = ctx
+        .slots
+        .acquire(&conn.namespace().unwrap_or_default())
+        .await;
+    // Boxed: a reconcile waiting for its slot holds a pointer, not the whole reconcile's state.
+    let work = Box::pin(async {
         let has = conn.finalizers().iter().any(|f| f == cleanup::FINALIZER);
         match (conn.metadata.deletion_timestamp.is_some(), has) {
             (true, true) => {
@@ -217,7 +206,7 @@ async fn reconcile_connection(
             // The finalizer is added by the reconcile once the connection is authorized.
             (false, _) => connection::reconcile(conn.clone(), ctx.clone()).await,
         }
-    };
+    });
     measured("DatabaseConnection", &*conn, &ctx, work).await
 }
 
@@ -309,7 +298,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         metrics: Metrics::default(),
         converged: Default::default(),
         silent: Default::default(),
-        namespaces: Default::default(),
+        slots: slots::Slots::new(settings.concurrency, settings.namespace_concurrency),
         settings,
     });
     let readiness = Arc::new(Readiness {
@@ -463,6 +452,9 @@ fn routes(ctx: Arc<Context>, ready: Arc<AtomicBool>, readiness: Arc<Readiness>) 
 /// Both controllers, until their streams end.
 async fn controllers(ctx: Arc<Context>) {
     let client = ctx.client.clone();
+    // Connections: the controller starts every reconcile due, and each waits for its slot
+    // (slots.rs), so a namespace's backlog queues behind its own share.
+    let unbounded = controller::Config::default().concurrency(0);
     let config = controller::Config::default().concurrency(ctx.settings.concurrency);
     // Status-only updates (dbconn's own) do not start a reconcile: only what the user
     // changes (spec, annotations, deletion) does, besides the owned and watched objects.
@@ -475,7 +467,7 @@ async fn controllers(ctx: Arc<Context>) {
     .reflect(writer)
     .applied_objects()
     .predicate_filter(user_change, Default::default());
-    let connections = Controller::for_stream(changes, store.clone()).with_config(config.clone());
+    let connections = Controller::for_stream(changes, store.clone()).with_config(unbounded);
     let by_server = store.clone();
     // No watch of Secrets outside the operator's namespace (least privilege: the operator
     // cannot list or watch Secret data there): a changed or deleted connection Secret, or a
