@@ -170,3 +170,80 @@ fn tempdir(prefix: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("tempdir");
     dir
 }
+
+async fn backend_pid(session: &dbconn::postgres::Session) -> i32 {
+    session
+        .client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pg_backend_pid")
+        .get(0)
+}
+
+/// The operator's kept admin sessions: a session put back after a reconcile serves the next
+/// one to the same endpoint, never another endpoint (another password, another database)
+/// and never after it was dropped or ended by the server.
+#[tokio::test]
+async fn kept_admin_sessions_serve_only_their_own_endpoint() {
+    use dbconn::operator::sessions::Sessions;
+    let sessions = Sessions::new(2);
+    let ep = superuser("localhost", SslMode::VerifyFull);
+
+    let first = sessions.get(ep.clone()).await.expect("admin session");
+    let kept = backend_pid(&first).await;
+    sessions.put_back(first);
+    assert_eq!(sessions.expire(), 1, "one idle session kept");
+    let again = sessions.get(ep.clone()).await.expect("kept session");
+    assert_eq!(
+        backend_pid(&again).await,
+        kept,
+        "the kept session is reused"
+    );
+    sessions.put_back(again);
+
+    // Another endpoint never gets it: a wrong password is refused by the server...
+    let mut wrong = ep.clone();
+    wrong.password = Some("not the password".into());
+    let refused = sessions.get(wrong).await.err().expect("wrong password");
+    assert!(
+        matches!(refused, ConnectError::PasswordRejected(_)),
+        "{refused}"
+    );
+    // ...and another database opens its own session.
+    let mut other = ep.clone();
+    other.database = "template1".into();
+    let elsewhere = sessions.get(other).await.expect("template1");
+    assert_ne!(backend_pid(&elsewhere).await, kept);
+
+    // Dropped instead of put back (its reconcile failed), a session closes.
+    let failed = sessions.get(ep.clone()).await.expect("kept session");
+    assert_eq!(backend_pid(&failed).await, kept);
+    drop(failed);
+    let fresh = sessions.get(ep.clone()).await.expect("new session");
+    let fresh_pid = backend_pid(&fresh).await;
+    assert_ne!(fresh_pid, kept, "a dropped session is not reused");
+
+    // Ended by the server while idle, it is not lent again.
+    sessions.put_back(fresh);
+    let killed: bool = elsewhere
+        .client
+        .query_one("SELECT pg_terminate_backend($1)", &[&fresh_pid])
+        .await
+        .expect("terminate")
+        .get(0);
+    assert!(killed);
+    let mut left = usize::MAX;
+    for _ in 0..100 {
+        left = sessions.expire();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        left, 0,
+        "a session the server ended is dropped from the pool"
+    );
+    let after = sessions.get(ep).await.expect("new session");
+    assert_ne!(backend_pid(&after).await, fresh_pid);
+}

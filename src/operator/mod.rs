@@ -13,6 +13,7 @@ pub mod rollout;
 pub mod rotation;
 pub mod secret;
 mod server;
+pub mod sessions;
 mod slots;
 pub mod status;
 pub mod template;
@@ -88,6 +89,8 @@ pub struct Context {
     /// DatabaseConnection reconcile slots: one tenant (with many connections, or a server
     /// that stalls) never holds more than `namespace_concurrency` of them.
     slots: slots::Slots,
+    /// Administrative sessions kept between reconciles, per endpoint.
+    pub sessions: sessions::Sessions,
 }
 
 impl Context {
@@ -299,6 +302,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         converged: Default::default(),
         silent: Default::default(),
         slots: slots::Slots::new(settings.concurrency, settings.namespace_concurrency),
+        sessions: sessions::Sessions::new(usize::from(settings.concurrency)),
         settings,
     });
     let readiness = Arc::new(Readiness {
@@ -325,6 +329,16 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
     }
+    let expiry = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sessions::IDLE_TIMEOUT / 3);
+            loop {
+                tick.tick().await;
+                ctx.sessions.expire();
+            }
+        })
+    };
     let http = tokio::spawn(serve(
         listener,
         routes(ctx.clone(), ready.clone(), readiness.clone()),
@@ -397,6 +411,8 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     }
     http.abort();
     caches.abort();
+    expiry.abort();
+    ctx.sessions.clear();
     if let Some(w) = webhook {
         w.abort();
     }

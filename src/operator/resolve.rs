@@ -59,9 +59,14 @@ impl Resolved {
         user: &str,
         password: &str,
     ) -> Result<Session, ConnectError> {
+        connect(&self.admin_endpoint(database, user, password)).await
+    }
+
+    /// Where the admin logs in to `database` (for a kept session: `Sessions::get`).
+    pub fn admin_endpoint(&self, database: &str, user: &str, password: &str) -> Endpoint {
         let mut ep = self.endpoint(database, user, password);
         ep.tls = self.admin_tls.clone();
-        connect(&ep).await
+        ep
     }
 
     fn endpoint(&self, database: &str, user: &str, password: &str) -> Endpoint {

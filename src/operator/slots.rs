@@ -70,7 +70,7 @@ mod tests {
         tokio::time::timeout(Duration::ZERO, f).await.ok()
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_namespace_holding_its_share_leaves_the_rest_to_others() {
         let slots = Slots::new(4, 2);
         let a1 = at_once(slots.acquire("a")).await.expect("first of a");
@@ -88,7 +88,7 @@ mod tests {
         assert!(at_once(&mut c).await.is_some());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn waiters_of_one_namespace_run_in_arrival_order() {
         let slots = Arc::new(Slots::new(1, 1));
         let first = slots.acquire("a").await;

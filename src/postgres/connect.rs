@@ -9,8 +9,8 @@ use tokio_postgres::{Client, NoTls};
 use super::tls::{MakeRustls, TlsConfigError, TlsMaterial, client_config};
 use crate::api::SslMode;
 
-/// Everything needed to open one session.
-#[derive(Clone, Debug)]
+/// Everything needed to open one session (equal endpoints open interchangeable sessions).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,

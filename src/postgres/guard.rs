@@ -27,7 +27,7 @@ pub struct InsecureAuthRequest(pub &'static str);
 pub const MIN_SCRAM_ITERATIONS: u32 = 4096;
 
 /// What the watch refuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Policy {
     /// Cleartext and MD5 requests, and SCRAM with fewer than MIN_SCRAM_ITERATIONS.
     pub refuse_insecure: bool,

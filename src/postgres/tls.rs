@@ -25,7 +25,7 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream}
 use crate::api::SslMode;
 
 /// PEM material and names that decide how a server is verified and who we are to it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TlsMaterial {
     /// Root CA bundle (PEM). Without it, the public web roots are used.
     pub ca_pem: Option<Vec<u8>>,

@@ -93,7 +93,13 @@ fn owned(conn: &DatabaseConnection, mut s: Secret, data: BTreeMap<String, ByteSt
 
 /// Makes the claim, then brings an owned role's attributes to the plan. Nothing is sent to
 /// a role before it is this connection's.
-pub async fn role(refs: &Refs, facts: &Facts, plan: &Plan, admin: &Client) -> Result<(), Failed> {
+pub async fn role(
+    ctx: &Context,
+    refs: &Refs,
+    facts: &Facts,
+    plan: &Plan,
+    admin: &Client,
+) -> Result<(), Failed> {
     let current = facts.role.as_ref();
     match &facts.claim {
         Claim::Create => {
@@ -103,13 +109,13 @@ pub async fn role(refs: &Refs, facts: &Facts, plan: &Plan, admin: &Client) -> Re
                 &role::verifier(&plan.password),
                 &plan.marker.comment(""),
             );
-            claimed(refs, &plan.role_name, None, &sql).await?;
-            return alternate(refs, plan, admin).await;
+            claimed(ctx, refs, &plan.role_name, None, &sql).await?;
+            return alternate(ctx, refs, plan, admin).await;
         }
         Claim::Adopt { previous } | Claim::Reclaim { previous, .. } => {
             // authorize proved the password by logging in as the role.
             let sql = role::comment_sql(&plan.role, Some(&plan.marker.comment(previous)));
-            claimed(refs, &plan.role_name, current, &sql).await?;
+            claimed(ctx, refs, &plan.role_name, current, &sql).await?;
         }
         Claim::Owned { remark: true, .. } => {
             // A marker in the older form: the same owner, written as today.
@@ -132,14 +138,14 @@ pub async fn role(refs: &Refs, facts: &Facts, plan: &Plan, admin: &Client) -> Re
             .await
             .map_err(|e| at(ROLE_READY)(Error::sql("setting the role's attributes", e)))?;
     }
-    alternate(refs, plan, admin).await
+    alternate(ctx, refs, plan, admin).await
 }
 
 /// Keeps the alternate login of rotation without the pooler, when the plan has one: created
 /// under the claim lock with this connection's marker, then kept a member of the role that
 /// starts as it, with the role's connection limit. A role of that name that is not this
 /// connection's is never touched.
-async fn alternate(refs: &Refs, plan: &Plan, admin: &Client) -> Result<(), Failed> {
+async fn alternate(ctx: &Context, refs: &Refs, plan: &Plan, admin: &Client) -> Result<(), Failed> {
     let Some((name, alt)) = &plan.alternate else {
         return Ok(());
     };
@@ -161,7 +167,7 @@ async fn alternate(refs: &Refs, plan: &Plan, admin: &Client) -> Result<(), Faile
                 plan.role
             )),
         );
-        return claimed(refs, name, None, &sql).await;
+        return claimed(ctx, refs, name, None, &sql).await;
     };
     let ours = role::Marker::parse(&state.comment).is_some_and(|m| m.uid == marker.uid);
     if !ours || state.privileged {
@@ -195,6 +201,7 @@ async fn alternate(refs: &Refs, plan: &Plan, admin: &Client) -> Result<(), Faile
 /// claim lock and only if the role is still as authorize saw it (`expected`); otherwise
 /// another connection got there first and the next reconcile decides again.
 async fn claimed(
+    ctx: &Context,
     refs: &Refs,
     role_name: &str,
     expected: Option<&RoleState>,
@@ -202,9 +209,12 @@ async fn claimed(
 ) -> Result<(), Failed> {
     let fail = |step: &'static str| move |e| at(AUTHORIZED)(Error::sql(step, e));
     let (user, password) = refs.server.admin.clone().unwrap_or_default();
-    let mut session = refs
-        .server
-        .admin_to(&refs.server.admin_database, &user, &password)
+    let mut session = ctx
+        .sessions
+        .get(
+            refs.server
+                .admin_endpoint(&refs.server.admin_database, &user, &password),
+        )
         .await
         .map_err(at(AUTHORIZED))?;
     let tx = session
@@ -229,6 +239,7 @@ async fn claimed(
         .await
         .map_err(fail("claiming the role"))?;
     tx.commit().await.map_err(fail("committing the claim"))?;
+    ctx.sessions.put_back(session);
     tracing::info!(role = %role_name, "role claimed");
     Ok(())
 }
@@ -268,6 +279,9 @@ pub async fn grants(
     Ok(changes)
 }
 
+/// GRANT/REVOKE statements sent in one simple Query (a few KiB of text).
+const GRANTS_PER_BATCH: usize = 64;
+
 /// Reads the role's ACLs and applies the difference to `desired` in one transaction under an
 /// advisory lock keyed by the database, so two operators never interleave. Sends no statement at
 /// all when nothing differs. Returns the number of GRANT/REVOKE statements run.
@@ -306,8 +320,13 @@ pub async fn set_privileges(
     // Re-read under the lock: another replica may have converged already.
     let current = privileges::current(&tx, role_name).await.map_err(read)?;
     let plan = privileges::plan(desired, &current);
-    for change in &plan {
-        tx.batch_execute(&privileges::sql(change, role_ident))
+    // A round trip per batch, not per statement: the lock is held meanwhile.
+    for batch in plan.chunks(GRANTS_PER_BATCH) {
+        let sql: Vec<String> = batch
+            .iter()
+            .map(|change| privileges::sql(change, role_ident))
+            .collect();
+        tx.batch_execute(&sql.join(";\n"))
             .await
             .map_err(|e| Error::sql("applying grants", e))?;
     }

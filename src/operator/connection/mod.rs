@@ -70,8 +70,11 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
     let mut admin = ctx
         .guarded(
             &refs.server.label,
-            refs.server
-                .admin_to(&refs.server.base.database, &user, &password),
+            ctx.sessions.get(refs.server.admin_endpoint(
+                &refs.server.base.database,
+                &user,
+                &password,
+            )),
         )
         .await
         .map_err(at(SERVER_REACHABLE))?;
@@ -93,7 +96,7 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
     }
     r.secret_name = Some(refs.secret_name.clone());
     r.done.push(secret_ready(&refs));
-    apply::role(&refs, &facts, &plan, &admin.client).await?;
+    apply::role(ctx, &refs, &facts, &plan, &admin.client).await?;
     let grants = apply::grants(ctx, conn, &mut admin.client, &plan).await?;
     r.done.push(Cond::ok(
         GRANTS_APPLIED,
@@ -106,6 +109,8 @@ async fn run(conn: &DatabaseConnection, ctx: &Context, r: &mut Report) -> Result
     let app = apply::login(&refs, &plan, &admin.client).await?;
     r.done.push(logged_in(&plan));
     let ready = prove::prove(&app.client, &plan, r).await?;
+    // Every statement on it succeeded: the next reconcile may use it.
+    ctx.sessions.put_back(admin);
     if plan.alternate.is_some() && refs.password.rotation == super::rotation::Step::Switch {
         rollout(conn, ctx, &refs.namespace).await;
     }
