@@ -75,6 +75,9 @@ pub struct Context {
     /// Every DatabaseConnection, as the webhook sees them (and, for markers written before
     /// they named their connection, to tell whether a role's owner still exists).
     pub connections: reflector::Store<DatabaseConnection>,
+    /// What the watches behind `pods` and `connections` see, for the controllers.
+    pod_events: Events<Pod>,
+    connection_events: Events<DatabaseConnection>,
     pub settings: Settings,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -276,19 +279,25 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         instance: Some(settings.identity.clone()),
     };
     // Every replica keeps these caches: the webhook answers from them without a network call.
+    // They are the operator's only watches of pods and connections: the controllers, while
+    // this replica leads, follow the same events (`follow`).
     let (pods, pod_writer) = reflector::store();
-    let pod_watch = watcher(Api::<Pod>::all(client.clone()), injection_requests())
-        .default_backoff()
-        .reflect(pod_writer)
-        .for_each(|_| async {});
+    let (pod_events, _) = tokio::sync::broadcast::channel(EVENTS_BUFFERED);
+    let pod_watch = fan_out(
+        watcher(Api::<Pod>::all(client.clone()), injection_requests()),
+        pod_writer,
+        pod_events.clone(),
+    );
     let (connections, connection_writer) = reflector::store();
-    let connection_watch = watcher(
-        Api::<DatabaseConnection>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(connection_writer)
-    .for_each(|_| async {});
+    let (connection_events, _) = tokio::sync::broadcast::channel(EVENTS_BUFFERED);
+    let connection_watch = fan_out(
+        watcher(
+            Api::<DatabaseConnection>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        connection_writer,
+        connection_events.clone(),
+    );
     let caches = tokio::spawn(async move {
         futures::join!(pod_watch, connection_watch);
     });
@@ -301,6 +310,8 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         metrics: Metrics::default(),
         converged: Default::default(),
         silent: Default::default(),
+        pod_events,
+        connection_events,
         slots: slots::Slots::new(settings.concurrency, settings.namespace_concurrency),
         sessions: sessions::Sessions::new(usize::from(settings.concurrency)),
         settings,
@@ -474,56 +485,64 @@ async fn controllers(ctx: Arc<Context>) {
     let config = controller::Config::default().concurrency(ctx.settings.concurrency);
     // Status-only updates (dbconn's own) do not start a reconcile: only what the user
     // changes (spec, annotations, deletion) does, besides the owned and watched objects.
-    let (store, writer) = reflector::store();
-    let changes = watcher(
-        Api::<DatabaseConnection>::all(client.clone()),
+    let store = ctx.connections.clone();
+    let changes = follow(&ctx.connection_events, &store).filter({
+        let (mut seen, store) = (std::collections::HashMap::new(), store.clone());
+        move |c| {
+            let now = user_change(c);
+            let changed = seen.insert(key(&**c), now) != Some(now);
+            if seen.len() > 2 * store.len() + 1024 {
+                // Forget deleted connections.
+                let live: std::collections::HashSet<String> =
+                    store.state().iter().map(|c| key(&**c)).collect();
+                seen.retain(|k, _| live.contains(k));
+            }
+            std::future::ready(changed)
+        }
+    });
+    let connections = Controller::for_shared_stream(changes, store.clone()).with_config(unbounded);
+    // One watch of DatabaseServers for both controllers.
+    let (servers_store, server_writer) = reflector::store_shared(EVENTS_BUFFERED);
+    let (for_connections, for_servers) =
+        match (server_writer.subscribe(), server_writer.subscribe()) {
+            (Some(a), Some(b)) => (a, b),
+            _ => return,
+        };
+    let server_watch = watcher(
+        Api::<DatabaseServer>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
-    .reflect(writer)
-    .applied_objects()
-    .predicate_filter(user_change, Default::default());
-    let connections = Controller::for_stream(changes, store.clone()).with_config(unbounded);
+    .reflect_shared(server_writer)
+    .for_each(|_| async {});
     let by_server = store.clone();
     // No watch of Secrets outside the operator's namespace (least privilege: the operator
     // cannot list or watch Secret data there): a changed or deleted connection Secret, or a
     // referenced one, is seen at the next re-validation or when the connection changes.
     let connections = connections
-        .watches(
-            Api::<DatabaseServer>::all(client.clone()),
-            watcher::Config::default(),
-            move |server| {
-                let name = server.name_any();
-                by_server
-                    .state()
-                    .into_iter()
-                    .filter(|c| c.spec.server_ref.as_deref() == Some(name.as_str()))
-                    .map(|c| ObjectRef::from_obj(&*c))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            injection_requests(),
-            |pod| {
-                let ns = pod.namespace().unwrap_or_default();
-                crate::inject::requested(&pod)
-                    .into_iter()
-                    .map(|name| ObjectRef::new(&name).within(&ns))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_shared_stream(for_connections, move |server| {
+            let name = server.name_any();
+            by_server
+                .state()
+                .into_iter()
+                .filter(|c| c.spec.server_ref.as_deref() == Some(name.as_str()))
+                .map(|c| ObjectRef::from_obj(&*c))
+                .collect::<Vec<_>>()
+        })
+        .watches_shared_stream(follow(&ctx.pod_events, &ctx.pods), |pod| {
+            let ns = pod.namespace().unwrap_or_default();
+            crate::inject::requested(&pod)
+                .into_iter()
+                .map(|name| ObjectRef::new(&name).within(&ns))
+                .collect::<Vec<_>>()
+        })
         .run(reconcile_connection, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection reconcile");
             }
         });
-    let servers = Controller::new(
-        Api::<DatabaseServer>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(config);
+    let servers = Controller::for_shared_stream(for_servers, servers_store).with_config(config);
     // A DatabaseServer's Secrets live in the operator's namespace: a rotated admin password
     // or CA is checked at once (and its connections follow the server's status).
     let server_store = servers.store();
@@ -548,7 +567,64 @@ async fn controllers(ctx: Arc<Context>) {
             }
         });
     tracing::info!("controllers started");
-    futures::join!(connections, servers);
+    futures::join!(connections, servers, server_watch);
+}
+
+/// Events of one watch, for a controller that starts and stops with the lease.
+type Events<K> = tokio::sync::broadcast::Sender<Arc<K>>;
+
+/// Watch events buffered for a controller that falls behind; past that it sees the whole
+/// cache again (see `follow`).
+const EVENTS_BUFFERED: usize = 1024;
+
+/// Keeps `writer`'s cache from `watch`, and sends each object that changed to `events`
+/// (nobody listening is fine: a standby replica's caches serve the webhook alone).
+fn fan_out<K>(
+    watch: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    writer: reflector::store::Writer<K>,
+    events: Events<K>,
+) -> impl Future<Output = ()> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    watch
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .for_each(move |obj| {
+            if let Ok(obj) = obj {
+                let _ = events.send(Arc::new(obj));
+            }
+            async {}
+        })
+}
+
+/// What a controller follows from the moment it starts: every object in `cache`, then each
+/// one the watch sees change. A controller that falls more than `EVENTS_BUFFERED` events
+/// behind gets the whole cache again rather than missing one.
+fn follow<K>(
+    events: &Events<K>,
+    cache: &reflector::Store<K>,
+) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    use tokio::sync::broadcast::error::RecvError;
+    // Subscribed before the snapshot is taken: no change falls between the two.
+    let rx = events.subscribe();
+    let cache = cache.clone();
+    let now = cache.state();
+    let later = futures::stream::unfold(rx, move |mut rx| {
+        let cache = cache.clone();
+        async move {
+            match rx.recv().await {
+                Ok(obj) => Some((vec![obj], rx)),
+                Err(RecvError::Lagged(_)) => Some((cache.state(), rx)),
+                Err(RecvError::Closed) => None,
+            }
+        }
+    });
+    futures::stream::iter(now).chain(later.flat_map(futures::stream::iter))
 }
 
 /// Pods that asked for injection: the webhook's label selector, for the backstop's watches.
@@ -558,7 +634,7 @@ fn injection_requests() -> watcher::Config {
 
 /// What a user can change on a DatabaseConnection: its generation (spec, deletion) and
 /// annotations (a nudge). Not its status or finalizers: dbconn writes those itself.
-fn user_change(c: &DatabaseConnection) -> Option<u64> {
+fn user_change(c: &DatabaseConnection) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     c.metadata.generation.hash(&mut h);
@@ -568,7 +644,7 @@ fn user_change(c: &DatabaseConnection) -> Option<u64> {
         .as_ref()
         .map(|t| t.0.to_string())
         .hash(&mut h);
-    Some(h.finish())
+    h.finish()
 }
 
 /// Names of the Secrets a DatabaseServer reads in the operator's namespace.

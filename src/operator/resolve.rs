@@ -86,55 +86,88 @@ pub async fn secret_key(
     name: &str,
     key: &str,
 ) -> Result<String, Error> {
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await?
-        .ok_or_else(|| Error::SecretMissing {
+    SecretReader::new(client, namespace).key(name, key).await
+}
+
+/// Reads the Secrets of one namespace for one reconcile, each at most once: a Secret holding
+/// several keys (username and password, tls.crt and tls.key) costs one GET.
+pub struct SecretReader<'a> {
+    client: &'a Client,
+    namespace: &'a str,
+    read: BTreeMap<String, Option<Secret>>,
+}
+
+impl<'a> SecretReader<'a> {
+    pub fn new(client: &'a Client, namespace: &'a str) -> Self {
+        Self {
+            client,
+            namespace,
+            read: BTreeMap::new(),
+        }
+    }
+
+    /// One key of Secret `name`, as text.
+    ///
+    /// # Errors
+    /// `SecretMissing`, `SecretKeyMissing`, `SecretNotText`, or the API's error.
+    pub async fn key(&mut self, name: &str, key: &str) -> Result<String, Error> {
+        let namespace = self.namespace;
+        if !self.read.contains_key(name) {
+            let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
+                .get_opt(name)
+                .await?;
+            self.read.insert(name.to_owned(), secret);
+        }
+        let secret = self
+            .read
+            .get(name)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Error::SecretMissing {
+                namespace: namespace.into(),
+                name: name.into(),
+            })?;
+        let missing = || Error::SecretKeyMissing {
             namespace: namespace.into(),
             name: name.into(),
-        })?;
-    let missing = || Error::SecretKeyMissing {
-        namespace: namespace.into(),
-        name: name.into(),
-        key: key.into(),
-    };
-    let bytes = match (
-        secret.data.as_ref().and_then(|d| d.get(key)),
-        secret.string_data.as_ref().and_then(|d| d.get(key)),
-    ) {
-        (Some(b), _) => b.0.clone(),
-        (None, Some(s)) => s.clone().into_bytes(),
-        (None, None) => return Err(missing()),
-    };
-    String::from_utf8(bytes).map_err(|_| Error::SecretNotText {
-        namespace: namespace.into(),
-        name: name.into(),
-        key: key.into(),
-    })
+            key: key.into(),
+        };
+        let bytes = match (
+            secret.data.as_ref().and_then(|d| d.get(key)),
+            secret.string_data.as_ref().and_then(|d| d.get(key)),
+        ) {
+            (Some(b), _) => b.0.clone(),
+            (None, Some(s)) => s.clone().into_bytes(),
+            (None, None) => return Err(missing()),
+        };
+        String::from_utf8(bytes).map_err(|_| Error::SecretNotText {
+            namespace: namespace.into(),
+            name: name.into(),
+            key: key.into(),
+        })
+    }
+
+    fn key_ref<'k>(
+        &'k mut self,
+        r: &'k SecretKeyRef,
+        default_key: &'k str,
+    ) -> impl Future<Output = Result<String, Error>> + 'k {
+        self.key(&r.name, r.key_or(default_key))
+    }
+
+    /// The username (trimmed) and password a CredentialsSecretRef names.
+    pub async fn credentials(
+        &mut self,
+        r: &CredentialsSecretRef,
+    ) -> Result<(String, String), Error> {
+        let user = self.key(&r.name, &r.username_key).await?;
+        let password = self.key(&r.name, &r.password_key).await?;
+        Ok((user.trim().to_owned(), password))
+    }
 }
 
-async fn key_ref(
-    client: &Client,
-    namespace: &str,
-    r: &SecretKeyRef,
-    default_key: &str,
-) -> Result<String, Error> {
-    secret_key(client, namespace, &r.name, r.key_or(default_key)).await
-}
-
-async fn credentials(
-    client: &Client,
-    namespace: &str,
-    r: &CredentialsSecretRef,
-) -> Result<(String, String), Error> {
-    let user = secret_key(client, namespace, &r.name, &r.username_key).await?;
-    let password = secret_key(client, namespace, &r.name, &r.password_key).await?;
-    Ok((user.trim().to_owned(), password))
-}
-
-async fn tls_material(
-    client: &Client,
-    namespace: &str,
+/// The TLS material `tls` names, read and checked (the error names the field to fix).
+pub async fn tls_material(
+    secrets: &mut SecretReader<'_>,
     tls: &TlsSpec,
 ) -> Result<TlsMaterial, Error> {
     let mut m = TlsMaterial {
@@ -142,13 +175,13 @@ async fn tls_material(
         ..TlsMaterial::default()
     };
     if let Some(r) = &tls.ca_secret_ref {
-        m.ca_pem = Some(key_ref(client, namespace, r, "ca.crt").await?.into_bytes());
+        m.ca_pem = Some(secrets.key_ref(r, "ca.crt").await?.into_bytes());
     }
     if let Some(r) = &tls.client_cert_secret_ref {
-        m.client_cert_pem = Some(key_ref(client, namespace, r, "tls.crt").await?.into_bytes());
+        m.client_cert_pem = Some(secrets.key_ref(r, "tls.crt").await?.into_bytes());
     }
     if let Some(r) = &tls.client_key_secret_ref {
-        m.client_key_pem = Some(key_ref(client, namespace, r, "tls.key").await?.into_bytes());
+        m.client_key_pem = Some(secrets.key_ref(r, "tls.key").await?.into_bytes());
     }
     // Fail early, with the field to fix, rather than at the first connection.
     crate::postgres::tls::client_config(tls.sslmode, &m)?;
@@ -175,7 +208,17 @@ pub async fn resolve(
     let ns = conn.namespace().unwrap_or_default();
     let spec = &conn.spec;
     let mut rules = None;
-    let (host, port, tls, tls_ns, admin, admin_database) = if let Some(name) = &spec.server_ref {
+    // A DatabaseServer's Secrets are in the operator's namespace, an inline server's in the
+    // connection's.
+    let mut secrets = SecretReader::new(
+        client,
+        if spec.server_ref.is_some() {
+            operator_namespace
+        } else {
+            &ns
+        },
+    );
+    let (host, port, tls, admin, admin_database) = if let Some(name) = &spec.server_ref {
         let server = Api::<DatabaseServer>::all(client.clone())
             .get_opt(name)
             .await?
@@ -193,21 +236,20 @@ pub async fn resolve(
         }
         rules = Some(super::policy::Rules::for_namespace(&server, &ns, &labels));
         let admin = match &server.spec.admin_secret_ref {
-            Some(r) => Some(credentials(client, operator_namespace, r).await?),
+            Some(r) => Some(secrets.credentials(r).await?),
             None => None,
         };
         (
             server.spec.host.clone(),
             server.spec.port,
             server.spec.tls.clone(),
-            operator_namespace.to_owned(),
             admin,
             server.spec.database.clone(),
         )
     } else {
         let inline = spec.server.clone().unwrap_or_default();
         let mut admin = match &inline.admin_secret_ref {
-            Some(r) => Some(credentials(client, &ns, r).await?),
+            Some(r) => Some(secrets.credentials(r).await?),
             None => None,
         };
         let (host, port, url_database) = if let Some(u) = inline.url.as_deref() {
@@ -217,7 +259,7 @@ pub async fn resolve(
             })?;
             (parsed.host, parsed.port.map(i32::from), parsed.database)
         } else if let Some(r) = &inline.url_secret_ref {
-            let text = key_ref(client, &ns, r, "url").await?;
+            let text = secrets.key_ref(r, "url").await?;
             let parsed = url::parse(text.trim()).map_err(|source| Error::BadUrl {
                 secret: format!("{ns}/{}", r.name),
                 source,
@@ -233,7 +275,6 @@ pub async fn resolve(
             host,
             inline.port.or(port).unwrap_or(5432),
             inline.tls.clone(),
-            ns.clone(),
             admin,
             inline
                 .database
@@ -242,7 +283,7 @@ pub async fn resolve(
                 .unwrap_or_else(|| "postgres".into()),
         )
     };
-    let material = tls_material(client, &tls_ns, &tls).await?;
+    let material = tls_material(&mut secrets, &tls).await?;
     let port = u16::try_from(port).unwrap_or(5432);
     let mut base = Endpoint::new(host.clone(), port, spec.database.clone(), String::new());
     base.sslmode = tls.sslmode;

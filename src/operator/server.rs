@@ -10,8 +10,8 @@ use kube::{Api, ResourceExt};
 
 use super::status::{Cond, merge};
 use super::{Context, Error};
-use crate::api::{DatabaseServer, DatabaseServerStatus, SecretKeyRef};
-use crate::postgres::{Endpoint, TlsMaterial, connect};
+use crate::api::{DatabaseServer, DatabaseServerStatus};
+use crate::postgres::{Endpoint, connect};
 
 pub async fn reconcile(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let result = check(&server, &ctx).await;
@@ -59,34 +59,18 @@ pub async fn reconcile(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result
 }
 
 async fn check(server: &DatabaseServer, ctx: &Context) -> Result<(String, bool), Error> {
-    let ns = &ctx.settings.namespace;
-    let read = |r: Option<SecretKeyRef>, key: &'static str| async move {
-        match r {
-            Some(r) => super::resolve::secret_key(&ctx.client, ns, &r.name, r.key_or(key))
-                .await
-                .map(|s| Some(s.into_bytes())),
-            None => Ok(None),
-        }
-    };
+    let mut secrets = super::resolve::SecretReader::new(&ctx.client, &ctx.settings.namespace);
     let tls = &server.spec.tls;
-    let material = TlsMaterial {
-        ca_pem: read(tls.ca_secret_ref.clone(), "ca.crt").await?,
-        client_cert_pem: read(tls.client_cert_secret_ref.clone(), "tls.crt").await?,
-        client_key_pem: read(tls.client_key_secret_ref.clone(), "tls.key").await?,
-        server_name: tls.server_name.clone(),
-    };
+    let material = super::resolve::tls_material(&mut secrets, tls).await?;
     let Some(admin) = &server.spec.admin_secret_ref else {
         return Err(Error::NoCredentials);
     };
-    let user =
-        super::resolve::secret_key(&ctx.client, ns, &admin.name, &admin.username_key).await?;
-    let password =
-        super::resolve::secret_key(&ctx.client, ns, &admin.name, &admin.password_key).await?;
+    let (user, password) = secrets.credentials(admin).await?;
     let mut ep = Endpoint::new(
         &server.spec.host,
         u16::try_from(server.spec.port).unwrap_or(5432),
         &server.spec.database,
-        user.trim(),
+        user,
     );
     ep.password = Some(password);
     ep.sslmode = tls.sslmode;
