@@ -284,7 +284,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     let (pods, pod_writer) = reflector::store();
     let (pod_events, _) = tokio::sync::broadcast::channel(EVENTS_BUFFERED);
     let pod_watch = fan_out(
-        watcher(Api::<Pod>::all(client.clone()), injection_requests()),
+        watcher(Api::<Pod>::all(client.clone()), injection_requests()).modify(slim_pod),
         pod_writer,
         pod_events.clone(),
     );
@@ -294,7 +294,8 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         watcher(
             Api::<DatabaseConnection>::all(client.clone()),
             watcher::Config::default(),
-        ),
+        )
+        .modify(|c| slim_meta(&mut c.metadata)),
         connection_writer,
         connection_events.clone(),
     );
@@ -570,6 +571,44 @@ async fn controllers(ctx: Arc<Context>) {
     futures::join!(connections, servers, server_watch);
 }
 
+/// Drops from a cached object's metadata what nothing here reads and the apiserver repeats
+/// in every object: managedFields and kubectl's last-applied copy of the object. With 10,000
+/// connections they were most of the operator's memory.
+fn slim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Keeps of a pod what the connection budget and the injection backstop read: its metadata
+/// (the annotation naming its connections), the names of its init containers (the sidecars)
+/// and its phase.
+fn slim_pod(pod: &mut Pod) {
+    slim_meta(&mut pod.metadata);
+    if let Some(spec) = pod.spec.as_mut() {
+        let init = spec.init_containers.take().map(|containers| {
+            containers
+                .into_iter()
+                .map(|c| k8s_openapi::api::core::v1::Container {
+                    name: c.name,
+                    ..Default::default()
+                })
+                .collect()
+        });
+        *spec = k8s_openapi::api::core::v1::PodSpec {
+            init_containers: init,
+            ..Default::default()
+        };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::PodStatus {
+            phase: status.phase.take(),
+            ..Default::default()
+        };
+    }
+}
+
 /// Events of one watch, for a controller that starts and stops with the lease.
 type Events<K> = tokio::sync::broadcast::Sender<Arc<K>>;
 
@@ -658,4 +697,49 @@ fn server_secrets(s: &DatabaseServer) -> impl Iterator<Item = &str> {
     ]
     .into_iter()
     .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_pod_keeps_what_the_budget_and_backstop_read() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web-1", "namespace": "team-a",
+                "labels": {"dbconn.io/inject": "true"},
+                "annotations": {
+                    "dbconn.io/connections": "orders",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}"
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Update"}]
+            },
+            "spec": {
+                "initContainers": [{"name": "dbconn-orders", "image": "dbconn", "args": ["pooler"]}],
+                "containers": [{"name": "app", "image": "app", "env": [{"name": "A", "value": "1"}]}]
+            },
+            "status": {"phase": "Running", "podIP": "10.0.0.1"}
+        }))
+        .unwrap();
+        slim_pod(&mut pod);
+        assert_eq!(crate::inject::requested(&pod), vec!["orders".to_owned()]);
+        let annotations = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.len(), 1, "{annotations:?}");
+        assert!(pod.metadata.managed_fields.is_none());
+        assert_eq!(pod.labels().get("dbconn.io/inject").unwrap(), "true");
+        let spec = pod.spec.as_ref().unwrap();
+        let init: Vec<&str> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(init, ["dbconn-orders"]);
+        assert!(spec.init_containers.as_ref().unwrap()[0].image.is_none());
+        assert!(spec.containers.is_empty());
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(status.pod_ip.is_none());
+    }
 }
