@@ -17,22 +17,37 @@ use dbconn::api::DatabaseConnection;
 
 const NS: &str = "bench";
 
-/// How many DatabaseConnections: `BENCH_CONNECTIONS`, 1,000 unless set.
-fn count() -> usize {
-    std::env::var("BENCH_CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000)
+/// How many DatabaseConnections (`BENCH_CONNECTIONS`, 1,000 unless set), and whether the
+/// outage phase runs (`BENCH_OUTAGE=0` skips it), read once at start.
+static SETTINGS: std::sync::OnceLock<(usize, bool)> = std::sync::OnceLock::new();
+
+fn settings() -> anyhow::Result<(usize, bool)> {
+    let count = match std::env::var("BENCH_CONNECTIONS") {
+        Err(_) => 1000,
+        Ok(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            anyhow::anyhow!("BENCH_CONNECTIONS={v:?}: expected a positive number")
+        })?,
+    };
+    let outage = match std::env::var("BENCH_OUTAGE").as_deref() {
+        Err(_) | Ok("1") => true,
+        Ok("0") => false,
+        Ok(v) => anyhow::bail!("BENCH_OUTAGE={v:?}: expected 0 or 1"),
+    };
+    Ok((count, outage))
 }
 
-/// `BENCH_OUTAGE=0` skips the outage phase (server down, operator restarted).
+fn count() -> usize {
+    SETTINGS.get().map_or(1000, |s| s.0)
+}
+
 fn outage_phase() -> bool {
-    std::env::var("BENCH_OUTAGE").map_or(true, |v| v != "0")
+    SETTINGS.get().is_none_or(|s| s.1)
 }
 /// The longest wait between retries while the server is down.
 const MAX_BACKOFF: u64 = 30;
 
 fn main() -> anyhow::Result<()> {
+    let _ = SETTINGS.set(settings()?);
     let dir = std::env::temp_dir().join(format!("dbconn-bench-operator-{}", std::process::id()));
     eprintln!("starting a fresh test bed in {}", dir.display());
     let bed = testbed::Bed::start(&dir, Some(std::process::id()))?;

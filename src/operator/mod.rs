@@ -75,9 +75,12 @@ pub struct Context {
     /// Every DatabaseConnection, as the webhook sees them (and, for markers written before
     /// they named their connection, to tell whether a role's owner still exists).
     pub connections: reflector::Store<DatabaseConnection>,
-    /// What the watches behind `pods` and `connections` see, for the controllers.
+    /// Every DatabaseServer.
+    servers: reflector::Store<DatabaseServer>,
+    /// What the watches behind `pods`, `connections` and `servers` see, for the controllers.
     pod_events: Events<Pod>,
     connection_events: Events<DatabaseConnection>,
+    server_events: Events<DatabaseServer>,
     pub settings: Settings,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -198,6 +201,11 @@ async fn reconcile_connection(
         .slots
         .acquire(&conn.namespace().unwrap_or_default())
         .await;
+    // The wait may have been long: act on the connection as it is now, or not at all if it
+    // is gone (a change made meanwhile has started another run, after this one).
+    let Some(conn) = ctx.connections.get(&ObjectRef::from_obj(&*conn)) else {
+        return Ok(Action::await_change());
+    };
     // Boxed: a reconcile waiting for its slot holds a pointer, not the whole reconcile's state.
     let work = Box::pin(async {
         let has = conn.finalizers().iter().any(|f| f == cleanup::FINALIZER);
@@ -299,8 +307,19 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         connection_writer,
         connection_events.clone(),
     );
+    let (servers, server_writer) = reflector::store();
+    let (server_events, _) = tokio::sync::broadcast::channel(EVENTS_BUFFERED);
+    let server_watch = fan_out(
+        watcher(
+            Api::<DatabaseServer>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .modify(|s| slim_meta(&mut s.metadata)),
+        server_writer,
+        server_events.clone(),
+    );
     let caches = tokio::spawn(async move {
-        futures::join!(pod_watch, connection_watch);
+        futures::join!(pod_watch, connection_watch, server_watch);
     });
     let ctx = Arc::new(Context {
         pods,
@@ -313,6 +332,8 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         silent: Default::default(),
         pod_events,
         connection_events,
+        servers,
+        server_events,
         slots: slots::Slots::new(settings.concurrency, settings.namespace_concurrency),
         sessions: sessions::Sessions::new(usize::from(settings.concurrency)),
         settings,
@@ -487,41 +508,15 @@ async fn controllers(ctx: Arc<Context>) {
     // Status-only updates (dbconn's own) do not start a reconcile: only what the user
     // changes (spec, annotations, deletion) does, besides the owned and watched objects.
     let store = ctx.connections.clone();
-    let changes = follow(&ctx.connection_events, &store).filter({
-        let (mut seen, store) = (std::collections::HashMap::new(), store.clone());
-        move |c| {
-            let now = user_change(c);
-            let changed = seen.insert(key(&**c), now) != Some(now);
-            if seen.len() > 2 * store.len() + 1024 {
-                // Forget deleted connections.
-                let live: std::collections::HashSet<String> =
-                    store.state().iter().map(|c| key(&**c)).collect();
-                seen.retain(|k, _| live.contains(k));
-            }
-            std::future::ready(changed)
-        }
-    });
+    let changes =
+        follow(&ctx.connection_events, &store).filter(changed(store.clone(), user_change));
     let connections = Controller::for_shared_stream(changes, store.clone()).with_config(unbounded);
-    // One watch of DatabaseServers for both controllers.
-    let (servers_store, server_writer) = reflector::store_shared(EVENTS_BUFFERED);
-    let (for_connections, for_servers) =
-        match (server_writer.subscribe(), server_writer.subscribe()) {
-            (Some(a), Some(b)) => (a, b),
-            _ => return,
-        };
-    let server_watch = watcher(
-        Api::<DatabaseServer>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect_shared(server_writer)
-    .for_each(|_| async {});
     let by_server = store.clone();
     // No watch of Secrets outside the operator's namespace (least privilege: the operator
     // cannot list or watch Secret data there): a changed or deleted connection Secret, or a
     // referenced one, is seen at the next re-validation or when the connection changes.
     let connections = connections
-        .watches_shared_stream(for_connections, move |server| {
+        .watches_shared_stream(follow(&ctx.server_events, &ctx.servers), move |server| {
             let name = server.name_any();
             by_server
                 .state()
@@ -530,20 +525,27 @@ async fn controllers(ctx: Arc<Context>) {
                 .map(|c| ObjectRef::from_obj(&*c))
                 .collect::<Vec<_>>()
         })
-        .watches_shared_stream(follow(&ctx.pod_events, &ctx.pods), |pod| {
-            let ns = pod.namespace().unwrap_or_default();
-            crate::inject::requested(&pod)
-                .into_iter()
-                .map(|name| ObjectRef::new(&name).within(&ns))
-                .collect::<Vec<_>>()
-        })
+        .watches_shared_stream(
+            follow(&ctx.pod_events, &ctx.pods).filter(changed(ctx.pods.clone(), pod_change)),
+            |pod| {
+                let ns = pod.namespace().unwrap_or_default();
+                crate::inject::requested(&pod)
+                    .into_iter()
+                    .map(|name| ObjectRef::new(&name).within(&ns))
+                    .collect::<Vec<_>>()
+            },
+        )
         .run(reconcile_connection, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection reconcile");
             }
         });
-    let servers = Controller::for_shared_stream(for_servers, servers_store).with_config(config);
+    let servers = Controller::for_shared_stream(
+        follow(&ctx.server_events, &ctx.servers),
+        ctx.servers.clone(),
+    )
+    .with_config(config);
     // A DatabaseServer's Secrets live in the operator's namespace: a rotated admin password
     // or CA is checked at once (and its connections follow the server's status).
     let server_store = servers.store();
@@ -568,7 +570,7 @@ async fn controllers(ctx: Arc<Context>) {
             }
         });
     tracing::info!("controllers started");
-    futures::join!(connections, servers, server_watch);
+    futures::join!(connections, servers);
 }
 
 /// Drops from a cached object's metadata what nothing here reads and the apiserver repeats
@@ -609,14 +611,25 @@ fn slim_pod(pod: &mut Pod) {
     }
 }
 
-/// Events of one watch, for a controller that starts and stops with the lease.
-type Events<K> = tokio::sync::broadcast::Sender<Arc<K>>;
+/// What a watch saw, for a controller that starts and stops with the lease.
+#[derive(Clone)]
+enum Seen<K> {
+    /// Created or changed; already in the cache.
+    Applied(Arc<K>),
+    /// Deleted; already gone from the cache.
+    Deleted(Arc<K>),
+    /// The watch listed everything again (start, or after the apiserver's history expired):
+    /// the cache now holds what it listed.
+    Relisted,
+}
+
+type Events<K> = tokio::sync::broadcast::Sender<Seen<K>>;
 
 /// Watch events buffered for a controller that falls behind; past that it sees the whole
 /// cache again (see `follow`).
 const EVENTS_BUFFERED: usize = 1024;
 
-/// Keeps `writer`'s cache from `watch`, and sends each object that changed to `events`
+/// Keeps `writer`'s cache from `watch`, and tells `events` what changed once the cache has it
 /// (nobody listening is fine: a standby replica's caches serve the webhook alone).
 fn fan_out<K>(
     watch: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
@@ -629,18 +642,26 @@ where
     watch
         .default_backoff()
         .reflect(writer)
-        .applied_objects()
-        .for_each(move |obj| {
-            if let Ok(obj) = obj {
-                let _ = events.send(Arc::new(obj));
+        .for_each(move |event| {
+            if events.receiver_count() > 0 {
+                let seen = match event {
+                    Ok(watcher::Event::Apply(obj)) => Some(Seen::Applied(Arc::new(obj))),
+                    Ok(watcher::Event::Delete(obj)) => Some(Seen::Deleted(Arc::new(obj))),
+                    // A relist's objects reach the cache all at once, at its end.
+                    Ok(watcher::Event::InitDone) => Some(Seen::Relisted),
+                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => None,
+                };
+                if let Some(seen) = seen {
+                    let _ = events.send(seen);
+                }
             }
             async {}
         })
 }
 
 /// What a controller follows from the moment it starts: every object in `cache`, then each
-/// one the watch sees change. A controller that falls more than `EVENTS_BUFFERED` events
-/// behind gets the whole cache again rather than missing one.
+/// one the watch sees change or go. After a relist, or when it falls more than
+/// `EVENTS_BUFFERED` events behind, it gets the whole cache again rather than miss one.
 fn follow<K>(
     events: &Events<K>,
     cache: &reflector::Store<K>,
@@ -656,19 +677,76 @@ where
     let later = futures::stream::unfold(rx, move |mut rx| {
         let cache = cache.clone();
         async move {
-            match rx.recv().await {
-                Ok(obj) => Some((vec![obj], rx)),
-                Err(RecvError::Lagged(_)) => Some((cache.state(), rx)),
-                Err(RecvError::Closed) => None,
-            }
+            let objects = match rx.recv().await {
+                Ok(Seen::Applied(obj) | Seen::Deleted(obj)) => vec![obj],
+                Ok(Seen::Relisted) | Err(RecvError::Lagged(_)) => cache.state(),
+                Err(RecvError::Closed) => return None,
+            };
+            Some((objects, rx))
         }
     });
     futures::stream::iter(now).chain(later.flat_map(futures::stream::iter))
 }
 
+/// Passes on an object only when `what` of it differs from when it was last passed on (by
+/// UID: a connection deleted and created again under its name is new), or when it is gone
+/// from `cache` (deleted). Remembers as many objects as `cache` holds, and a few deleted ones.
+fn changed<K>(
+    cache: reflector::Store<K>,
+    what: fn(&K) -> u64,
+) -> impl FnMut(&Arc<K>) -> std::future::Ready<bool>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut seen = std::collections::HashMap::<String, u64>::new();
+    move |obj| {
+        let uid = obj.meta().uid.clone().unwrap_or_default();
+        if cache.get(&ObjectRef::from_obj(&**obj)).is_none() {
+            seen.remove(&uid);
+            return std::future::ready(true);
+        }
+        let now = what(obj);
+        let changed = seen.insert(uid, now) != Some(now);
+        if seen.len() > 2 * cache.len() + 1024 {
+            // Forget deleted objects.
+            let live: std::collections::HashSet<String> = cache
+                .state()
+                .iter()
+                .filter_map(|o| o.meta().uid.clone())
+                .collect();
+            seen.retain(|uid, _| live.contains(uid));
+        }
+        std::future::ready(changed)
+    }
+}
+
 /// Pods that asked for injection: the webhook's label selector, for the backstop's watches.
 fn injection_requests() -> watcher::Config {
     watcher::Config::default().labels(&format!("{}=true", crate::inject::LABEL))
+}
+
+/// What of an injected pod its connections' reconciles read (see `slim_pod`).
+fn pod_change(p: &Pod) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.metadata.annotations.hash(&mut h);
+    p.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .hash(&mut h);
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .hash(&mut h);
+    for c in p
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+    {
+        c.name.hash(&mut h);
+    }
+    h.finish()
 }
 
 /// What a user can change on a DatabaseConnection: its generation (spec, deletion) and
@@ -702,6 +780,82 @@ fn server_secrets(s: &DatabaseServer) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn connection(name: &str, uid: &str, generation: i64) -> DatabaseConnection {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "dbconn.io/v1alpha1", "kind": "DatabaseConnection",
+            "metadata": {"name": name, "namespace": "team-a", "uid": uid, "generation": generation},
+            "spec": {"serverRef": "main", "database": "app", "role": {"name": "app"}}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn controllers_see_user_changes_re_creations_and_deletions_not_status_updates() {
+        let (cache, mut writer) = reflector::store::<DatabaseConnection>();
+        let mut pass = changed(cache.clone(), user_change);
+        let put = |writer: &mut reflector::store::Writer<DatabaseConnection>,
+                   c: &DatabaseConnection| {
+            writer.apply_watcher_event(&watcher::Event::Apply(c.clone()));
+            Arc::new(c.clone())
+        };
+        let first = put(&mut writer, &connection("orders", "uid-1", 1));
+        assert!(pass(&first).await, "new");
+        let mut status_only = connection("orders", "uid-1", 1);
+        status_only.status = Some(Default::default());
+        assert!(
+            !pass(&put(&mut writer, &status_only)).await,
+            "dbconn's own status update"
+        );
+        assert!(
+            pass(&put(&mut writer, &connection("orders", "uid-1", 2))).await,
+            "spec changed"
+        );
+        let mut nudged = connection("orders", "uid-1", 2);
+        nudged
+            .annotations_mut()
+            .insert("dbconn.io/rotate".into(), "now".into());
+        assert!(pass(&put(&mut writer, &nudged)).await, "annotation changed");
+        // Deleted, then created again under its name with the same spec: a new object.
+        writer.apply_watcher_event(&watcher::Event::Delete(nudged.clone()));
+        assert!(pass(&Arc::new(nudged)).await, "deleted");
+        assert!(
+            pass(&put(&mut writer, &connection("orders", "uid-2", 1))).await,
+            "re-created"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_controller_follows_the_cache_then_each_change_and_relists() {
+        let (cache, mut writer) = reflector::store::<DatabaseConnection>();
+        let (events, _) = tokio::sync::broadcast::channel(4);
+        writer.apply_watcher_event(&watcher::Event::Apply(connection("a", "1", 1)));
+        let followed = follow(&events, &cache);
+        tokio::pin!(followed);
+        let name = |c: Option<Arc<DatabaseConnection>>| c.unwrap().name_any();
+        assert_eq!(name(followed.next().await), "a", "what the cache held");
+        let b = connection("b", "2", 1);
+        writer.apply_watcher_event(&watcher::Event::Apply(b.clone()));
+        events.send(Seen::Applied(Arc::new(b))).ok();
+        assert_eq!(name(followed.next().await), "b", "a change");
+        events.send(Seen::Relisted).ok();
+        let mut relisted = vec![name(followed.next().await), name(followed.next().await)];
+        relisted.sort();
+        assert_eq!(relisted, ["a", "b"], "everything again after a relist");
+        // Behind by more than the buffer: everything again rather than a gap.
+        for i in 0..6 {
+            events
+                .send(Seen::Applied(Arc::new(connection(
+                    &format!("x{i}"),
+                    "3",
+                    1,
+                ))))
+                .ok();
+        }
+        let mut lagged = vec![name(followed.next().await), name(followed.next().await)];
+        lagged.sort();
+        assert_eq!(lagged, ["a", "b"]);
+    }
 
     #[test]
     fn a_cached_pod_keeps_what_the_budget_and_backstop_read() {

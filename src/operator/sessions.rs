@@ -20,6 +20,20 @@ use crate::postgres::{ConnectError, Endpoint, Session, connect};
 /// restart ends sessions, and a rotated admin password should stop being used soon.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A session idle for longer is checked with an empty query before it is lent again.
+const CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// How long that check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the server still answers on `session`, within CHECK_TIMEOUT.
+async fn answers(session: &Session) -> bool {
+    matches!(
+        tokio::time::timeout(CHECK_TIMEOUT, session.client.simple_query("")).await,
+        Ok(Ok(_))
+    )
+}
+
 pub struct Sessions {
     idle: Mutex<HashMap<Endpoint, Vec<(Session, Instant)>>>,
     /// Idle sessions kept per endpoint (each counts against the server's max_connections
@@ -59,21 +73,27 @@ impl Sessions {
     /// # Errors
     /// Those of [`connect`], when a new session has to be opened.
     pub async fn get(&self, endpoint: Endpoint) -> Result<Lent, ConnectError> {
-        if let Some(session) = self.take(&endpoint) {
-            return Ok(Lent { session, endpoint });
+        while let Some((session, idle_for)) = self.take(&endpoint) {
+            // A session idle for a while may be gone without its socket knowing (a failover,
+            // a NAT that forgot it): one round trip says, rather than a reconcile's time-out.
+            if idle_for < CHECK_AFTER || answers(&session).await {
+                return Ok(Lent { session, endpoint });
+            }
         }
         let session = connect(&endpoint).await?;
         Ok(Lent { session, endpoint })
     }
 
-    fn take(&self, endpoint: &Endpoint) -> Option<Session> {
+    /// The most recently used idle session to `endpoint` (the others expire sooner), and
+    /// how long it was idle.
+    fn take(&self, endpoint: &Endpoint) -> Option<(Session, Duration)> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let kept = idle.get_mut(endpoint)?;
         let now = Instant::now();
-        // The most recently used first: the others expire sooner.
         while let Some((session, since)) = kept.pop() {
-            if !session.client.is_closed() && now.duration_since(since) < IDLE_TIMEOUT {
-                return Some(session);
+            let idle_for = now.duration_since(since);
+            if !session.client.is_closed() && idle_for < IDLE_TIMEOUT {
+                return Some((session, idle_for));
             }
         }
         idle.remove(endpoint);

@@ -10,7 +10,8 @@ use super::tls::{MakeRustls, TlsConfigError, TlsMaterial, client_config};
 use crate::api::SslMode;
 
 /// Everything needed to open one session (equal endpoints open interchangeable sessions).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Its `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
@@ -26,6 +27,24 @@ pub struct Endpoint {
     /// What the startup may not do (see `guard`): for a server a tenant names, no password
     /// but through SCRAM; for a proof of a role's password, no login without one.
     pub guard: super::guard::Policy,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("sslmode", &self.sslmode)
+            .field("tls", &self.tls)
+            .field("application_name", &self.application_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("guard", &self.guard)
+            .finish()
+    }
 }
 
 impl Endpoint {
@@ -365,5 +384,25 @@ fn tls_error(e: &rustls::Error, ep: &Endpoint, addr: &str) -> ConnectError {
             ConnectError::UntrustedCertificate(format!("{other:?}"))
         }
         other => ConnectError::Handshake(addr.to_owned(), other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_leaves_out_the_password_and_the_client_key() {
+        let mut ep = Endpoint::new("db", 5432, "app", "admin");
+        ep.password = Some("s3cret-Pa55".into());
+        ep.tls.client_key_pem = Some(b"-----BEGIN PRIVATE KEY-----\nKEYBYTES".to_vec());
+        ep.tls.ca_pem = Some(b"-----BEGIN CERTIFICATE-----".to_vec());
+        let shown = format!("{ep:?} {ep:#?}");
+        assert!(!shown.contains("s3cret-Pa55"), "{shown}");
+        assert!(!shown.contains("KEYBYTES"), "{shown}");
+        assert!(
+            shown.contains("admin") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 }

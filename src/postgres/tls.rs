@@ -24,8 +24,9 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream}
 
 use crate::api::SslMode;
 
-/// PEM material and names that decide how a server is verified and who we are to it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+/// PEM material and names that decide how a server is verified and who we are to it. Its
+/// `Debug` leaves the private key out.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct TlsMaterial {
     /// Root CA bundle (PEM). Without it, the public web roots are used.
     pub ca_pem: Option<Vec<u8>>,
@@ -35,6 +36,21 @@ pub struct TlsMaterial {
     pub client_key_pem: Option<Vec<u8>>,
     /// Name to send as SNI and to verify, instead of the host.
     pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = |p: &Option<Vec<u8>>| p.as_ref().map(Vec::len);
+        f.debug_struct("TlsMaterial")
+            .field("ca_pem_bytes", &bytes(&self.ca_pem))
+            .field("client_cert_pem_bytes", &bytes(&self.client_cert_pem))
+            .field(
+                "client_key_pem",
+                &self.client_key_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .field("server_name", &self.server_name)
+            .finish()
+    }
 }
 
 /// Something in the TLS material is unusable; the message says what to fix.
