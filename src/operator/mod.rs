@@ -289,34 +289,20 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     // Every replica keeps these caches: the webhook answers from them without a network call.
     // They are the operator's only watches of pods and connections: the controllers, while
     // this replica leads, follow the same events (`follow`).
-    let (pods, pod_writer) = reflector::store();
-    let (pod_events, _) = tokio::sync::broadcast::channel(EVENTS_BUFFERED);
-    let pod_watch = fan_out(
-        watcher(Api::<Pod>::all(client.clone()), injection_requests()).modify(slim_pod),
-        pod_writer,
-        pod_events.clone(),
+    let (pods, pod_events, pod_watch) = cache(
+        Api::<Pod>::all(client.clone()),
+        injection_requests(),
+        slim_pod,
     );
-    let (connections, connection_writer) = reflector::store();
-    let (connection_events, _) = tokio::sync::broadcast::channel(EVENTS_BUFFERED);
-    let connection_watch = fan_out(
-        watcher(
-            Api::<DatabaseConnection>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .modify(|c| slim_meta(&mut c.metadata)),
-        connection_writer,
-        connection_events.clone(),
+    let (connections, connection_events, connection_watch) = cache(
+        Api::<DatabaseConnection>::all(client.clone()),
+        watcher::Config::default(),
+        |c| slim_meta(&mut c.metadata),
     );
-    let (servers, server_writer) = reflector::store();
-    let (server_events, _) = tokio::sync::broadcast::channel(EVENTS_BUFFERED);
-    let server_watch = fan_out(
-        watcher(
-            Api::<DatabaseServer>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .modify(|s| slim_meta(&mut s.metadata)),
-        server_writer,
-        server_events.clone(),
+    let (servers, server_events, server_watch) = cache(
+        Api::<DatabaseServer>::all(client.clone()),
+        watcher::Config::default(),
+        |s| slim_meta(&mut s.metadata),
     );
     let caches = tokio::spawn(async move {
         futures::join!(pod_watch, connection_watch, server_watch);
@@ -629,21 +615,36 @@ type Events<K> = tokio::sync::broadcast::Sender<Seen<K>>;
 /// cache again (see `follow`).
 const EVENTS_BUFFERED: usize = 1024;
 
-/// Keeps `writer`'s cache from `watch`, and tells `events` what changed once the cache has it
-/// (nobody listening is fine: a standby replica's caches serve the webhook alone).
-fn fan_out<K>(
-    watch: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-    writer: reflector::store::Writer<K>,
-    events: Events<K>,
-) -> impl Future<Output = ()> + Send
+/// A cache of the objects `api` and `config` select, each `slim`med first; what changes in
+/// it, for the controllers; and the watch that keeps both, to run. Nobody listening to the
+/// changes is fine: a standby replica's caches serve the webhook alone.
+fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    slim: fn(&mut K),
+) -> (
+    reflector::Store<K>,
+    Events<K>,
+    impl Future<Output = ()> + Send,
+)
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
-    watch
+    let (store, writer) = reflector::store();
+    let (events, _) = tokio::sync::broadcast::channel(EVENTS_BUFFERED);
+    let changes = events.clone();
+    let watch = watcher(api, config)
+        .modify(slim)
         .default_backoff()
         .reflect(writer)
         .for_each(move |event| {
-            if events.receiver_count() > 0 {
+            if changes.receiver_count() > 0 {
                 let seen = match event {
                     Ok(watcher::Event::Apply(obj)) => Some(Seen::Applied(Arc::new(obj))),
                     Ok(watcher::Event::Delete(obj)) => Some(Seen::Deleted(Arc::new(obj))),
@@ -652,11 +653,12 @@ where
                     Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => None,
                 };
                 if let Some(seen) = seen {
-                    let _ = events.send(seen);
+                    let _ = changes.send(seen);
                 }
             }
             async {}
-        })
+        });
+    (store, events, watch)
 }
 
 /// What a controller follows from the moment it starts: every object in `cache`, then each
@@ -728,13 +730,7 @@ fn injection_requests() -> watcher::Config {
 /// What of an injected pod its connections' reconciles read (see `slim_pod`).
 fn pod_change(p: &Pod) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    p.metadata.annotations.hash(&mut h);
-    p.metadata
-        .deletion_timestamp
-        .as_ref()
-        .map(|t| t.0.to_string())
-        .hash(&mut h);
+    let mut h = user_set(&p.metadata);
     p.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
@@ -753,15 +749,23 @@ fn pod_change(p: &Pod) -> u64 {
 /// annotations (a nudge). Not its status or finalizers: dbconn writes those itself.
 fn user_change(c: &DatabaseConnection) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = user_set(&c.metadata);
     c.metadata.generation.hash(&mut h);
-    c.metadata.annotations.hash(&mut h);
-    c.metadata
-        .deletion_timestamp
+    h.finish()
+}
+
+/// A hasher fed with what users set on any object and dbconn reads: annotations, deletion.
+fn user_set(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> std::collections::hash_map::DefaultHasher {
+    use std::hash::Hash;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    meta.annotations.hash(&mut h);
+    meta.deletion_timestamp
         .as_ref()
         .map(|t| t.0.to_string())
         .hash(&mut h);
-    h.finish()
+    h
 }
 
 /// Names of the Secrets a DatabaseServer reads in the operator's namespace.
