@@ -75,7 +75,7 @@ async fn check(server: &DatabaseServer, ctx: &Context) -> Result<(String, bool),
     ep.password = Some(password);
     ep.sslmode = tls.sslmode;
     ep.tls = material;
-    ep.application_name = "dbconn-operator".into();
+    ep.application_name = format!("dbconn-operator {}", ctx.settings.identity);
     let session = connect(&ep).await?;
     let version = session
         .client
