@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{Api, Client, ResourceExt};
 
-use super::{Error, Settings};
+use super::Error;
 use crate::api::{CredentialsSecretRef, DatabaseConnection, DatabaseServer, SecretKeyRef, TlsSpec};
 use crate::postgres::{ConnectError, Endpoint, Session, TlsMaterial, connect, url};
 
@@ -199,11 +199,11 @@ pub enum Purpose {
 /// Resolves the server of `conn`. A DatabaseServer is used only when its allowedNamespaces
 /// admits the connection's namespace; its tenancy rules for that namespace come along.
 pub async fn resolve(
-    client: &Client,
+    ctx: &super::Context,
     conn: &DatabaseConnection,
-    settings: &Settings,
     purpose: Purpose,
 ) -> Result<Resolved, Error> {
+    let (client, settings) = (&ctx.client, &ctx.settings);
     let operator_namespace = settings.namespace.as_str();
     let ns = conn.namespace().unwrap_or_default();
     let spec = &conn.spec;
@@ -219,10 +219,19 @@ pub async fn resolve(
         },
     );
     let (host, port, tls, admin, admin_database) = if let Some(name) = &spec.server_ref {
-        let server = Api::<DatabaseServer>::all(client.clone())
-            .get_opt(name)
-            .await?
-            .ok_or_else(|| Error::ServerMissing(name.clone()))?;
+        // From the cache; read once when it lacks the server (not yet synced, or created a
+        // moment ago).
+        let cached = ctx
+            .servers
+            .get(&kube::runtime::reflector::ObjectRef::new(name));
+        let server = match cached {
+            Some(server) => server,
+            None => Api::<DatabaseServer>::all(client.clone())
+                .get_opt(name)
+                .await?
+                .map(std::sync::Arc::new)
+                .ok_or_else(|| Error::ServerMissing(name.clone()))?,
+        };
         let labels = namespace_labels(client, &ns).await?;
         let allowed = match server.spec.allowed_namespaces.as_ref() {
             None => ns == operator_namespace,

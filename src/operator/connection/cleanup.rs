@@ -165,7 +165,7 @@ async fn on_server(
 ) -> Result<String, Error> {
     let role_name = conn.spec.role.name.clone();
     let role_ident = ident(&role_name)?;
-    let resolved = resolve(&ctx.client, conn, &ctx.settings, Purpose::Cleanup).await?;
+    let resolved = resolve(ctx, conn, Purpose::Cleanup).await?;
     let Some((user, password)) = resolved.admin.clone() else {
         return Ok(format!(
             "role {role_ident} left as it was: no admin credentials, dbconn changed nothing"

@@ -84,12 +84,10 @@ pub async fn refs(
     purpose: Purpose,
 ) -> Result<Refs, Failed> {
     let namespace = conn.namespace().unwrap_or_default();
-    let server = resolve(&ctx.client, conn, &ctx.settings, purpose)
-        .await
-        .map_err(|e| match e {
-            Error::ServerDenied { .. } => at(AUTHORIZED)(e),
-            e => at(SERVER_REACHABLE)(e),
-        })?;
+    let server = resolve(ctx, conn, purpose).await.map_err(|e| match e {
+        Error::ServerDenied { .. } => at(AUTHORIZED)(e),
+        e => at(SERVER_REACHABLE)(e),
+    })?;
     let secret_name = secret_name(conn);
     let secret = existing(ctx, conn, &namespace, &secret_name)
         .await
