@@ -335,6 +335,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
             if pods.wait_until_ready().await.is_ok() && connections.wait_until_ready().await.is_ok()
             {
                 readiness.synced.store(true, Ordering::Relaxed);
+                tracing::info!("pod and connection caches synced");
             }
         });
     }
@@ -644,6 +645,11 @@ where
         .default_backoff()
         .reflect(writer)
         .for_each(move |event| {
+            if let Err(e) = &event {
+                // The watch retries with backoff; until it lists again the cache is stale
+                // (and, before its first list, /readyz says it is loading).
+                tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed");
+            }
             if changes.receiver_count() > 0 {
                 let seen = match event {
                     Ok(watcher::Event::Apply(obj)) => Some(Seen::Applied(Arc::new(obj))),
