@@ -63,7 +63,7 @@ fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
     // Both serve their endpoints; only the leader says so in its metrics.
     assert!(shows(leader, "dbconn_leader 1"));
     assert!(shows(standby, "dbconn_leader 0"));
-    assert_eq!(standby.get("/readyz").0, 200);
+    standby.assert_ready_within(30);
 
     let pg = &bed().postgres;
     let ns = namespace("ha");

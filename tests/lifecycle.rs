@@ -294,17 +294,7 @@ fn a_server_outage_backs_off_then_recovers_and_a_pending_deletion_finishes() {
         "{metrics}"
     );
     assert_eq!(op.get("/healthz").0, 200);
-    // Ready once its caches have listed everything (under load that can trail the first
-    // reconciles by a few seconds).
-    let mut ready = op.get("/readyz");
-    for _ in 0..60 {
-        if ready.0 == 200 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        ready = op.get("/readyz");
-    }
-    assert_eq!(ready.0, 200, "/readyz: {}", ready.1);
+    op.assert_ready_within(30);
     assert_eq!(op.get("/nope").0, 404);
 
     // The server returns: within one backoff period (capped at 16 s here) all is well.

@@ -197,6 +197,25 @@ impl Operator {
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.http_port, path)
     }
+
+    /// Polls `/readyz` until it answers 200, for at most `seconds`: ready once its caches
+    /// have listed everything, which under load can trail its start (and its election) by a
+    /// few seconds. Panics with the last answer and its log when it never is.
+    pub fn assert_ready_within(&self, seconds: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            let (code, body) = self.get("/readyz");
+            if code == 200 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz still answers {code} after {seconds} s: {body}\noperator log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
 }
 
 /// A plain HTTP/1.0 GET on 127.0.0.1: (status code, body); (0, error) when unreachable.
