@@ -15,7 +15,7 @@ demo: setup ## local bed + CRDs + operator; quickstart connection becomes Ready;
 	scripts/demo.sh
 
 test: setup lint chart-check ## fmt + clippy, chart and Dockerfile checks, release build, unit and integration tests on a fresh local bed
-	$(CARGO) build --release --locked --bin dbconn
+	$(CARGO) build --release --locked --bin dbconn --bin dbconn-pooler
 	scripts/with-bed.sh $(CARGO) test --workspace --locked -- --show-output
 
 lint: ## cargo fmt --check and clippy -D warnings
@@ -48,10 +48,10 @@ fuzz: ## run each cargo-fuzz target for FUZZ_SECONDS (default 60) on the nightly
 	done
 
 build: ## release build of the dbconn binary
-	$(CARGO) build --release --locked --bin dbconn
+	$(CARGO) build --release --locked --bin dbconn --bin dbconn-pooler
 
 bed-up: setup ## start the test bed (PostgreSQL, control plane, a node) in the background and print KUBECONFIG=, DATABASE_URL=, …
-	@$(CARGO) build -q --release --locked --bin dbconn
+	@$(CARGO) build -q --release --locked --bin dbconn --bin dbconn-pooler
 	@$(CARGO) build -q -p testbed
 	@target/debug/testbed --dir $(BED_DIR) up
 

@@ -25,8 +25,9 @@ port=$(sed -E 's|.*:([0-9]+)/.*|\1|' <<<"${DATABASE_URL%%\?*}")
 superuser_url="${DATABASE_URL}"
 clk_tck=$(getconf CLK_TCK)
 
-cargo build -q --release --locked --bin dbconn
-dbconn=target/release/dbconn
+cargo build -q --release --locked --bin dbconn --bin dbconn-pooler
+# The sidecar as the webhook injects it: the pooler-only binary.
+pooler=target/release/dbconn-pooler
 
 password="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 psql -X -q "$superuser_url" -c "DROP DATABASE IF EXISTS bench" -c "DROP ROLE IF EXISTS bench" \
@@ -55,7 +56,7 @@ start_dbconn() {
     printf 127.0.0.1 >"$dir/host"; printf disable >"$dir/sslmode"; rm -f "$dir/ca.crt"
   fi
   p=$(free_port); h=$(free_port)
-  RUST_LOG=warn ${WRAP:-} "$dbconn" pooler --secret-dir "$dir" --listen "127.0.0.1:$p" --http-addr "127.0.0.1:$h" \
+  RUST_LOG=warn ${WRAP:-} "$pooler" --secret-dir "$dir" --listen "127.0.0.1:$p" --http-addr "127.0.0.1:$h" \
     --pool-size "$POOL_SIZE" --min-idle "$POOL_SIZE" --max-clients 1000 --client-scram-iterations 16 >"$work/dbconn-$1.log" 2>&1 &
   pids+=($!)
   PID=$!; PORT=$p; HTTP=$h
@@ -244,7 +245,7 @@ PGPASSWORD="$password" "$pgbin/pgbench" -n -S -T 3 -c 100 -j 2 -h 127.0.0.1 -p "
 busy_rss=$(awk '/VmHWM/ {print $2}' "/proc/$mpid/status")
 dir="$work/dbconn-plain"; h=$(free_port); p=$(free_port)
 start_ns=$(date +%s%N)
-RUST_LOG=warn "$dbconn" pooler --secret-dir "$dir" --listen "127.0.0.1:$p" --http-addr "127.0.0.1:$h" >/dev/null 2>&1 &
+RUST_LOG=warn "$pooler" --secret-dir "$dir" --listen "127.0.0.1:$p" --http-addr "127.0.0.1:$h" >/dev/null 2>&1 &
 pids+=($!)
 until curl -fs "http://127.0.0.1:$h/readyz" >/dev/null 2>&1; do sleep 0.005; done
 ready_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))

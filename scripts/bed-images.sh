@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The bed node's images, built locally with buildah from scratch (nothing can be pulled here)
 # and imported into the node's containerd:
-#   dbconn.local/dbconn:dev   the release binary, as the Dockerfile ships it (same binary path,
+#   dbconn.local/dbconn:dev   the release binaries, as the Dockerfile ships them (same binary paths,
 #                             user and entrypoint, read from the Dockerfile and checked in the
 #                             built image), plus the shared libraries a glibc build needs
 #   dbconn.local/psql:dev     psql, busybox's sh and /bin/query-loop (testbed/images/): the demo
@@ -22,14 +22,19 @@ log() { echo "[images] $*" >&2; }
 # What the Dockerfile's final stage says; the local image must say the same.
 dockerfile_user=$(awk '/^USER /{u=$2} END{print u}' Dockerfile)
 dockerfile_entrypoint=$(sed -n 's/^ENTRYPOINT //p' Dockerfile | tail -1)
-dockerfile_binary=$(awk '/^COPY --from=build /{p=$NF} END{print p}' Dockerfile)
+# The binaries the final stage copies from the build (/dbconn, /dbconn-pooler).
+dockerfile_binaries=$(awk '/^COPY --from=build /{print $NF}' Dockerfile)
+# The sidecar's program, as the webhook injects it.
+sidecar_command=$(sed -n 's/^pub const SIDECAR_COMMAND: &str = "\(.*\)";$/\1/p' src/inject/mod.rs)
 
 check() {
   local uid=${dockerfile_user%%:*} failed=0
-  [ -n "$dockerfile_user" ] && [ -n "$dockerfile_entrypoint" ] && [ -n "$dockerfile_binary" ] \
+  [ -n "$dockerfile_user" ] && [ -n "$dockerfile_entrypoint" ] && [ -n "$dockerfile_binaries" ] \
     || { log "Dockerfile: no USER, ENTRYPOINT or COPY --from=build in the final stage"; exit 1; }
-  [ "$dockerfile_entrypoint" = "[\"$dockerfile_binary\"]" ] \
-    || { log "Dockerfile: ENTRYPOINT $dockerfile_entrypoint is not the copied binary $dockerfile_binary"; failed=1; }
+  [ "$dockerfile_entrypoint" = '["/dbconn"]' ] && grep -qx /dbconn <<<"$dockerfile_binaries" \
+    || { log "Dockerfile: ENTRYPOINT $dockerfile_entrypoint is not the copied binary /dbconn"; failed=1; }
+  [ -n "$sidecar_command" ] && grep -qx "$sidecar_command" <<<"$dockerfile_binaries" \
+    || { log "src/inject/mod.rs: the sidecar's SIDECAR_COMMAND '$sidecar_command' is not a binary the Dockerfile copies ($dockerfile_binaries)"; failed=1; }
   # The chart's runAsUser must be the image's user, or runAsNonRoot checks a different uid.
   for key in podSecurityContext securityContext; do
     local chart_uid
@@ -110,18 +115,23 @@ build_all() {
     build dbconn.local/psql:dev "$psql_archive" "$root/psql" \
       --user "$dockerfile_user" --env PATH=/bin --env HOME=/home/nonroot --entrypoint '["/bin/sh"]'
   fi
-  [ -x target/release/dbconn ] || cargo build --release --locked --bin dbconn
-  binary_hash=$(sha256sum target/release/dbconn | cut -c1-16)
+  local binary
+  for binary in $dockerfile_binaries; do
+    [ -x "target/release${binary}" ] || cargo build --release --locked --bin dbconn --bin dbconn-pooler
+  done
+  binary_hash=$(for binary in $dockerfile_binaries; do cat "target/release${binary}"; done | sha256sum | cut -c1-16)
   dbconn_archive="$IMAGES/dbconn-$binary_hash.tar"
   if [ ! -f "$dbconn_archive" ]; then
-    log "dbconn: target/release/dbconn ($binary_hash) as $dockerfile_binary, user $dockerfile_user"
+    log "dbconn: target/release{$(echo $dockerfile_binaries | tr ' ' ',')} ($binary_hash), user $dockerfile_user"
     find "$IMAGES" -maxdepth 1 -name 'dbconn-*.tar' -delete
     stage_users "$root/dbconn"
     mkdir -p "$root/dbconn/etc/ssl/certs"
     cp /etc/ssl/certs/ca-certificates.crt "$root/dbconn/etc/ssl/certs/"
-    cp target/release/dbconn "$root/dbconn$dockerfile_binary"
-    for lib in $(ldd target/release/dbconn | awk '$2=="=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
-      cp --parents -L -n "$lib" "$root/dbconn"
+    for binary in $dockerfile_binaries; do
+      cp "target/release${binary}" "$root/dbconn$binary"
+      for lib in $(ldd "target/release${binary}" | awk '$2=="=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+        cp --parents -L -n "$lib" "$root/dbconn"
+      done
     done
     build dbconn.local/dbconn:dev "$dbconn_archive" "$root/dbconn" \
       --user "$dockerfile_user" --entrypoint "$dockerfile_entrypoint"

@@ -11,7 +11,7 @@ HELM="${DBCONN_CACHE:-$HOME/.cache/dbconn}/bin/helm"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 cargo build -q -p testbed --bin testbed
-cargo build -q --release --locked --bin dbconn
+cargo build -q --release --locked --bin dbconn --bin dbconn-pooler
 if [ -f "$BED_DIR/bed.json" ]; then
   step "reusing the running test bed in $BED_DIR"
   env_lines=$(target/debug/testbed --dir "$BED_DIR" env)

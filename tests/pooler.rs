@@ -560,3 +560,66 @@ async fn a_cancel_reaches_the_running_statement_and_does_nothing_for_an_idle_cli
     assert!(text.contains("57014"), "{text}");
     println!("cancelled after {:?}: {text}", started.elapsed());
 }
+
+/// A bad setting stops the sidecar before it binds a port, with one line naming the setting
+/// and exit 64 (EX_USAGE): the same from `dbconn-pooler` (the injected binary) as from
+/// `dbconn pooler`.
+#[test]
+fn a_bad_setting_is_one_line_naming_it_and_exit_64_from_either_binary() {
+    let secrets = std::env::temp_dir().join(unique("pooler-bad"));
+    std::fs::create_dir_all(&secrets).expect("dir");
+    for (file, value) in [
+        ("host", "127.0.0.1"),
+        ("port", "5432"),
+        ("dbname", "app"),
+        ("username", "app"),
+        ("password", "pw"),
+    ] {
+        std::fs::write(secrets.join(file), value).expect("write");
+    }
+    let dir = secrets.to_str().expect("utf-8");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--secret-dir", dir, "--sslmode", "verify-fulll"],
+            "--sslmode",
+        ),
+        (&["--secret-dir", dir, "--mode", "statement"], "--mode"),
+        (
+            &["--secret-dir", dir, "--pool-size", "2", "--min-idle", "3"],
+            "--min-idle",
+        ),
+        (&["--secret-dir", "/nonexistent/dbconn"], "--secret-dir"),
+    ];
+    for (program, first) in [
+        (env!("CARGO_BIN_EXE_dbconn-pooler"), None),
+        (env!("CARGO_BIN_EXE_dbconn"), Some("pooler")),
+    ] {
+        for (args, setting) in cases {
+            let listen = format!("127.0.0.1:{}", testbed::free_port().expect("port"));
+            let mut child = Command::new(program)
+                .args(first)
+                .args(args)
+                .args(["--listen", &listen, "--http-addr", "127.0.0.1:0"])
+                .env_remove("DBCONN_PASSWORD")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run");
+            // One that starts anyway is stopped, and fails the test below.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().expect("wait").is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{program} {args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{program} {args:?}: {stderr}");
+            assert!(
+                stderr.starts_with("dbconn pooler: ") && stderr.contains(setting),
+                "{program} {args:?}: {stderr}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&secrets);
+}

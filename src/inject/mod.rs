@@ -254,6 +254,10 @@ fn resources(pod: &Pod, s: &Sidecar) -> ResourceRequirements {
     }
 }
 
+/// The sidecar's program in the image: `dbconn-pooler`, the pooler alone (the Dockerfile
+/// copies it beside `/dbconn`, the operator's entrypoint; scripts/bed-images.sh checks both).
+pub const SIDECAR_COMMAND: &str = "/dbconn-pooler";
+
 /// The sidecar for one connection.
 fn sidecar(pod: &Pod, connection: &str, t: &Target, s: &Sidecar) -> Container {
     let name = container_name(connection);
@@ -276,7 +280,7 @@ fn sidecar(pod: &Pod, connection: &str, t: &Target, s: &Sidecar) -> Container {
     Container {
         name: name.clone(),
         image: Some(s.image.clone()),
-        args: Some(vec!["pooler".to_owned()]),
+        command: Some(vec![SIDECAR_COMMAND.to_owned()]),
         // A native sidecar: started before the app's init containers, kept running.
         restart_policy: Some("Always".to_owned()),
         env: Some(

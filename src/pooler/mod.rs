@@ -4,6 +4,7 @@
 //! serves `/healthz`, `/readyz` and `/metrics`, and on SIGTERM stops accepting, lets busy
 //! clients finish for a grace period, then exits.
 
+pub mod cli;
 mod client;
 pub mod config;
 pub mod limits;

@@ -85,8 +85,8 @@ impl Pooler {
     pub fn on_secret_dir(secret_dir: std::path::PathBuf, port: u16, extra: &[&str]) -> Pooler {
         let http = testbed::free_port().expect("port");
         let log = std::env::temp_dir().join(format!("{}.log", unique("pooler")));
-        let child = Command::new(env!("CARGO_BIN_EXE_dbconn"))
-            .arg("pooler")
+        // The sidecar's own binary, as the webhook injects it.
+        let child = Command::new(env!("CARGO_BIN_EXE_dbconn-pooler"))
             .arg("--secret-dir")
             .arg(&secret_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
