@@ -412,21 +412,30 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, PoolError> {
         let wait = self.settings.query_wait_timeout;
         let started = Instant::now();
-        let mut paused = self.paused.subscribe();
-        let permit = tokio::time::timeout(wait, async {
-            // The console's PAUSE holds every new checkout until RESUME.
-            let _ = paused.wait_for(|p| !*p).await;
-            self.permits.clone().acquire_owned().await
-        })
-        .await
-        .map_err(|_| PoolError::WaitTimeout {
-            wait,
-            size: self.settings.pool_size,
-        })?
-        .map_err(|_| PoolError::WaitTimeout {
-            wait,
-            size: self.settings.pool_size,
-        })?;
+        // A free permit while not paused is taken at once, without a timer or a watch (a
+        // permit is only free when nobody queues for one: tokio hands a released permit to
+        // the first waiter).
+        let free = (!*self.paused.borrow())
+            .then(|| self.permits.clone().try_acquire_owned().ok())
+            .flatten();
+        let permit = match free {
+            Some(permit) => permit,
+            None => {
+                let mut paused = self.paused.subscribe();
+                let timed_out = || PoolError::WaitTimeout {
+                    wait,
+                    size: self.settings.pool_size,
+                };
+                tokio::time::timeout(wait, async {
+                    // The console's PAUSE holds every new checkout until RESUME.
+                    let _ = paused.wait_for(|p| !*p).await;
+                    self.permits.clone().acquire_owned().await
+                })
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|_| timed_out())?
+            }
+        };
         let waited = started.elapsed();
         self.metrics.wait.observe(waited.as_secs_f64());
         self.totals.wait_us.fetch_add(

@@ -60,9 +60,6 @@ pub const PINS: [(&str, &str); 5] = [
     ),
 ];
 
-/// Words whose presence sends the pooler to look for pins.
-const PIN_WORDS: [&str; 5] = ["advisory", "listen", "temp", "hold", "prepare"];
-
 /// The SQL that reads, at the end of a transaction, the pins (when `pins`) and the current
 /// value of each setting in `names`.
 pub fn check_sql(pins: bool, names: &[String]) -> String {
@@ -195,7 +192,7 @@ fn setting(w: &[String]) -> Vec<String> {
 
 /// What the SQL of a simple query or a prepared statement may do to the session. Runs for
 /// every query a client sends in transaction mode: the common case (one statement, no
-/// quotes, calls or comments) costs one lower-cased copy and a few substring searches.
+/// quotes, calls or comments) costs one pass over its bytes.
 pub fn scan(sql: &str) -> Scan {
     let seen = Seen::of(sql);
     let mut s = Scan {
@@ -306,9 +303,8 @@ pub fn plain(sql: &str) -> bool {
 
 /// `plain`, with the keywords of `sql` found.
 fn plain_seen(sql: &str, seen: &Seen) -> bool {
-    // The common case without splitting: one statement (a final `;` allowed), no call, no
-    // quote, no comment, no dollar quote (`$1` parameters allowed), no INTO.
-    if simple(sql) && !seen.into {
+    // The common case without splitting: `Seen::simple`, and no INTO.
+    if seen.simple && !seen.into {
         let body = sql.trim_end();
         let body = body.strip_suffix(';').unwrap_or(body);
         let first = body.trim_start().split(|c: char| c.is_whitespace()).next();
@@ -320,19 +316,44 @@ fn plain_seen(sql: &str, seen: &Seen) -> bool {
     plain_split(sql)
 }
 
-/// The keywords the scan looks for, found in one pass over the SQL (ASCII case-insensitive).
+/// The keywords the scan looks for, found in one pass over the SQL (ASCII case-insensitive),
+/// and whether the SQL takes the fast path.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Seen {
-    /// One of PIN_WORDS, anywhere (also inside a longer word or a literal: it only sends the
+    /// One of the words that send the pooler to look for pins (`advisory`, `listen`, `temp`,
+    /// `hold`, `prepare`), anywhere (also inside a longer word or a literal: it only sends the
     /// pooler to look).
     pin: bool,
     /// ` into `.
     into: bool,
     /// SET, RESET or DISCARD as a word.
     setting: bool,
+    /// One statement (a final `;` and blanks after it allowed) with no parenthesis, quote,
+    /// comment or dollar quote (`$1` parameters allowed).
+    simple: bool,
 }
 
+/// Four bytes as one little-endian word: what `Seen::of` compares at each position.
+const fn four(w: &[u8; 4]) -> u32 {
+    u32::from_le_bytes(*w)
+}
+
+/// The first four bytes of each keyword `Seen::of` looks for, lower-case.
+const ADVI: u32 = four(b"advi");
+const LIST: u32 = four(b"list");
+const TEMP: u32 = four(b"temp");
+const HOLD: u32 = four(b"hold");
+const PREP: u32 = four(b"prep");
+const INTO: u32 = four(b" int");
+const RESE: u32 = four(b"rese");
+const DISC: u32 = four(b"disc");
+/// `set`: the low three bytes.
+const SET: u32 = four(b"set\0");
+
 impl Seen {
+    /// One pass: at each byte, the four bytes from there, ASCII letters lower-cased, are
+    /// compared with the keywords' first four as one word (`| 0x20` lower-cases a letter and
+    /// turns no other byte into a letter or a space, but NUL, which SQL text cannot hold).
     fn of(sql: &str) -> Seen {
         let b = sql.as_bytes();
         let at = |i: usize, w: &str| {
@@ -345,18 +366,45 @@ impl Seen {
                 && !i.checked_sub(1).is_some_and(|p| ident(b[p]))
                 && !b.get(i + w.len()).is_some_and(|c| ident(*c))
         };
-        let mut seen = Seen::default();
-        for (i, c) in b.iter().enumerate() {
-            match c.to_ascii_lowercase() {
-                // The first letters of PIN_WORDS.
-                b'a' | b'l' | b't' | b'h' | b'p' => {
-                    seen.pin |= PIN_WORDS.iter().any(|w| at(i, w));
+        // The SQL without trailing blanks and one final `;`: where `simple` looks.
+        let body = {
+            let t = sql.trim_end();
+            t.strip_suffix(';').unwrap_or(t).len()
+        };
+        let mut seen = Seen {
+            simple: true,
+            ..Seen::default()
+        };
+        for (i, &c) in b.iter().enumerate() {
+            // One load; the last three positions are padded with blanks.
+            let window = match b[i..].first_chunk::<4>() {
+                Some(w) => *w,
+                None => {
+                    let mut pad = [b' '; 4];
+                    pad[..b.len() - i].copy_from_slice(&b[i..]);
+                    pad
                 }
-                b' ' => seen.into |= at(i, " into "),
-                b's' => seen.setting |= word(i, "set"),
-                b'r' => seen.setting |= word(i, "reset"),
-                b'd' => seen.setting |= word(i, "discard"),
+            };
+            let window = u32::from_le_bytes(window) | 0x2020_2020;
+            match window {
+                ADVI => seen.pin |= at(i, "advisory"),
+                LIST => seen.pin |= at(i, "listen"),
+                TEMP | HOLD => seen.pin = true,
+                PREP => seen.pin |= at(i, "prepare"),
+                INTO => seen.into |= at(i, " into "),
+                RESE => seen.setting |= word(i, "reset"),
+                DISC => seen.setting |= word(i, "discard"),
+                w if w & 0x00ff_ffff == SET => seen.setting |= word(i, "set"),
                 _ => {}
+            }
+            if i < body && matches!(c, b'(' | b';' | b'\'' | b'"' | b'-' | b'/' | b'$') {
+                let next = b.get(i + 1).copied().unwrap_or(b' ');
+                seen.simple &= match c {
+                    b'-' => next != b'-',
+                    b'/' => next != b'*',
+                    b'$' => next.is_ascii_digit(),
+                    _ => false,
+                };
             }
         }
         seen
@@ -421,27 +469,30 @@ fn calls_function(stmt: &str) -> bool {
     false
 }
 
-/// One statement that `statements` would return unchanged and `calls_function` pass:
-/// nothing but an optional final `;` (and blanks) after it, no `(`, quote or comment, and
-/// `$` only as a parameter (`$1`). Pure.
-fn simple(sql: &str) -> bool {
-    let body = sql.trim_end();
-    let body = body.strip_suffix(';').unwrap_or(body).as_bytes();
-    body.iter().enumerate().all(|(i, c)| {
-        let next = body.get(i + 1).copied().unwrap_or(b' ');
-        match c {
-            b'(' | b';' | b'\'' | b'"' => false,
-            b'-' => next != b'-',
-            b'/' => next != b'*',
-            b'$' => next.is_ascii_digit(),
-            _ => true,
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The words whose presence sends the pooler to look for pins.
+    const PIN_WORDS: [&str; 5] = ["advisory", "listen", "temp", "hold", "prepare"];
+
+    /// What `Seen::simple` must say, written plainly: one statement that `statements` would
+    /// return unchanged and `calls_function` pass, nothing but an optional final `;` (and
+    /// blanks) after it, no `(`, quote or comment, and `$` only as a parameter (`$1`).
+    fn simple(sql: &str) -> bool {
+        let body = sql.trim_end();
+        let body = body.strip_suffix(';').unwrap_or(body).as_bytes();
+        body.iter().enumerate().all(|(i, c)| {
+            let next = body.get(i + 1).copied().unwrap_or(b' ');
+            match c {
+                b'(' | b';' | b'\'' | b'"' => false,
+                b'-' => next != b'-',
+                b'/' => next != b'*',
+                b'$' => next.is_ascii_digit(),
+                _ => true,
+            }
+        })
+    }
 
     fn contains_ci(hay: &str, needle: &str) -> bool {
         hay.as_bytes()
@@ -500,6 +551,7 @@ mod tests {
             assert_eq!(seen.pin, pins, "{sql:?}");
             assert_eq!(seen.into, contains_ci(sql, " into "), "{sql:?}");
             assert!(seen.setting || !setting, "{sql:?}: a SET missed");
+            assert_eq!(seen.simple, simple(sql), "{sql:?}");
         }
         assert!(plain(
             "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"
@@ -514,6 +566,47 @@ mod tests {
         assert!(!Seen::of("select settings, reset_val").setting);
         assert!(Seen::of("select 1;reset all").setting);
         assert!(Seen::of("SELECT pg_advisory_lock(1)").pin);
+    }
+
+    /// The one-pass search against plain substring searches, on every string of three
+    /// fragments: keywords cut anywhere, upper and lower case, at the start and the end of the
+    /// text, beside quotes, punctuation, digits and non-ASCII letters.
+    #[test]
+    fn the_one_pass_search_finds_exactly_what_substring_searches_find() {
+        let fragments = [
+            "", " ", "\t", ";", "; ", "(", "'", "\"", "-", "--", "/", "/*", "$", "$1", "$$", "x",
+            "_", "é", "9", "SET", "set", "Reset", "rese", "t", "discard", "DISC", "ard", "INTO",
+            " into ", " int", "o ", "advisory", "ADVI", "sory", "listen", "LIST", "en", "temp",
+            "TeMp", "te", "mp", "hold", "HOL", "d", "prepare", "PREP", "are", "into",
+        ];
+        let word_at = |sql: &str, w: &str| {
+            let b = sql.as_bytes();
+            let ident = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_' || *c >= 0x80;
+            (0..b.len()).any(|i| {
+                b.get(i..i + w.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(w.as_bytes()))
+                    && !i.checked_sub(1).is_some_and(|p| ident(&b[p]))
+                    && !b.get(i + w.len()).is_some_and(ident)
+            })
+        };
+        let mut checked = 0;
+        for a in fragments {
+            for b in fragments {
+                for c in fragments {
+                    let sql = format!("{a}{b}{c}");
+                    let seen = Seen::of(&sql);
+                    let want = Seen {
+                        pin: PIN_WORDS.iter().any(|w| contains_ci(&sql, w)),
+                        into: contains_ci(&sql, " into "),
+                        setting: ["set", "reset", "discard"].iter().any(|w| word_at(&sql, w)),
+                        simple: simple(&sql),
+                    };
+                    assert_eq!(seen, want, "{sql:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, fragments.len().pow(3));
     }
 
     #[test]

@@ -113,6 +113,11 @@ impl Session {
         if !self.buf.is_empty() && self.forward_or_refuse().await? {
             return Ok(());
         }
+        // One wait for the shutdown for the whole session, polled only while interruptible:
+        // a new one each turn would register with the watch and leave it again every turn.
+        let mut shutdown = self.shutdown.clone();
+        let shutdown = shutdown.changed();
+        tokio::pin!(shutdown);
         loop {
             let bound = matches!(self.state, State::Bound(_));
             let interruptible = self.interruptible();
@@ -144,7 +149,7 @@ impl Session {
                     }
                     self.forward_server().await?;
                 }
-                _ = self.shutdown.changed(), if interruptible => {
+                _ = &mut shutdown, if interruptible => {
                     return Err(fatal(ADMIN_SHUTDOWN, "the pooler is shutting down"));
                 }
             }
