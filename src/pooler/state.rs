@@ -350,22 +350,35 @@ const DISC: u32 = four(b"disc");
 /// `set`: the low three bytes.
 const SET: u32 = four(b"set\0");
 
+/// A byte that may start a keyword `Seen::of` looks for (either case, or the blank before
+/// `into`).
+const STARTS: u8 = 1;
+/// A byte that takes SQL off the fast path, or may (see `Seen::simple`).
+const BREAKS: u8 = 2;
+/// What each byte may be, so that most bytes cost `Seen::of` one look-up.
+const CLASS: [u8; 256] = {
+    let mut class = [0u8; 256];
+    // advisory, listen, temp, hold, prepare; set, reset, discard; ` into `.
+    let starts = b"altphsrd ";
+    let mut i = 0;
+    while i < starts.len() {
+        class[starts[i] as usize] |= STARTS;
+        class[starts[i].to_ascii_uppercase() as usize] |= STARTS;
+        i += 1;
+    }
+    let breaks = b"(;'\"-/$";
+    let mut i = 0;
+    while i < breaks.len() {
+        class[breaks[i] as usize] |= BREAKS;
+        i += 1;
+    }
+    class
+};
+
 impl Seen {
-    /// One pass: at each byte, the four bytes from there, ASCII letters lower-cased, are
-    /// compared with the keywords' first four as one word (`| 0x20` lower-cases a letter and
-    /// turns no other byte into a letter or a space, but NUL, which SQL text cannot hold).
+    /// One pass over the bytes; only those `CLASS` marks are looked at further.
     fn of(sql: &str) -> Seen {
         let b = sql.as_bytes();
-        let at = |i: usize, w: &str| {
-            b.get(i..i + w.len())
-                .is_some_and(|s| s.eq_ignore_ascii_case(w.as_bytes()))
-        };
-        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
-        let word = |i: usize, w: &str| {
-            at(i, w)
-                && !i.checked_sub(1).is_some_and(|p| ident(b[p]))
-                && !b.get(i + w.len()).is_some_and(|c| ident(*c))
-        };
         // The SQL without trailing blanks and one final `;`: where `simple` looks.
         let body = {
             let t = sql.trim_end();
@@ -376,28 +389,14 @@ impl Seen {
             ..Seen::default()
         };
         for (i, &c) in b.iter().enumerate() {
-            // One load; the last three positions are padded with blanks.
-            let window = match b[i..].first_chunk::<4>() {
-                Some(w) => *w,
-                None => {
-                    let mut pad = [b' '; 4];
-                    pad[..b.len() - i].copy_from_slice(&b[i..]);
-                    pad
-                }
-            };
-            let window = u32::from_le_bytes(window) | 0x2020_2020;
-            match window {
-                ADVI => seen.pin |= at(i, "advisory"),
-                LIST => seen.pin |= at(i, "listen"),
-                TEMP | HOLD => seen.pin = true,
-                PREP => seen.pin |= at(i, "prepare"),
-                INTO => seen.into |= at(i, " into "),
-                RESE => seen.setting |= word(i, "reset"),
-                DISC => seen.setting |= word(i, "discard"),
-                w if w & 0x00ff_ffff == SET => seen.setting |= word(i, "set"),
-                _ => {}
+            let class = CLASS[usize::from(c)];
+            if class == 0 {
+                continue;
             }
-            if i < body && matches!(c, b'(' | b';' | b'\'' | b'"' | b'-' | b'/' | b'$') {
+            if class & STARTS != 0 {
+                seen.look(b, i);
+            }
+            if class & BREAKS != 0 && i < body {
                 let next = b.get(i + 1).copied().unwrap_or(b' ');
                 seen.simple &= match c {
                     b'-' => next != b'-',
@@ -408,6 +407,43 @@ impl Seen {
             }
         }
         seen
+    }
+
+    /// Whether a keyword starts at `b[i]`: the four bytes from there, ASCII letters
+    /// lower-cased, compared with the keywords' first four as one word (`| 0x20` lower-cases
+    /// a letter and turns no other byte into a letter or a blank, but NUL, which the whole
+    /// comparison after it refuses).
+    fn look(&mut self, b: &[u8], i: usize) {
+        let at = |w: &str| {
+            b.get(i..i + w.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(w.as_bytes()))
+        };
+        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+        let word = |w: &str| {
+            at(w)
+                && !i.checked_sub(1).is_some_and(|p| ident(b[p]))
+                && !b.get(i + w.len()).is_some_and(|c| ident(*c))
+        };
+        // One load; the last three positions are padded with blanks.
+        let window = match b[i..].first_chunk::<4>() {
+            Some(w) => *w,
+            None => {
+                let mut pad = [b' '; 4];
+                pad[..b.len() - i].copy_from_slice(&b[i..]);
+                pad
+            }
+        };
+        match u32::from_le_bytes(window) | 0x2020_2020 {
+            ADVI => self.pin |= at("advisory"),
+            LIST => self.pin |= at("listen"),
+            TEMP | HOLD => self.pin = true,
+            PREP => self.pin |= at("prepare"),
+            INTO => self.into |= at(" into "),
+            RESE => self.setting |= word("reset"),
+            DISC => self.setting |= word("discard"),
+            w if w & 0x00ff_ffff == SET => self.setting |= word("set"),
+            _ => {}
+        }
     }
 }
 
