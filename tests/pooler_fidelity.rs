@@ -605,3 +605,49 @@ fn a_newer_protocol_minor_version_and_protocol_options_are_negotiated_down_to_3_
     let direct = Wire::connect_with(bed().postgres.port, &packet, &a.password);
     assert_eq!(direct.negotiated, w.negotiated);
 }
+
+/// A login through the pooler reports the parameters a login straight to PostgreSQL reports,
+/// with the client's own values for those it set (client_encoding, DateStyle, TimeZone and
+/// IntervalStyle in PostgreSQL's spelling, which the pooler reports as sent, as PgBouncer
+/// does; application_name cleaned of non-ASCII bytes as the server version cleans it),
+/// however many clients log in. Without an application_name, the client is told the pool's
+/// (the name pg_stat_activity shows).
+#[tokio::test]
+async fn a_login_reports_the_parameters_postgresql_reports_with_the_clients_own_values() {
+    let a = app("params");
+    let pooler = Pooler::start(&a, bed().postgres.port, &["--pool-size", "1"]);
+    pooler.wait_ready();
+    let packet = startup_with(
+        196_608,
+        &[
+            ("user", &a.user),
+            ("database", &a.db),
+            ("application_name", "billing é"),
+            ("client_encoding", "LATIN1"),
+            ("DateStyle", "SQL, DMY"),
+            ("TimeZone", "Asia/Tokyo"),
+            ("IntervalStyle", "iso_8601"),
+        ],
+    );
+    let direct = Wire::connect_with(bed().postgres.port, &packet, &a.password);
+    assert_eq!(direct.params["TimeZone"], "Asia/Tokyo");
+    for _ in 0..3 {
+        let mut w = Wire::connect_with(pooler.port, &packet, &a.password);
+        assert_eq!(w.params, direct.params);
+        w.send(&query("SHOW TimeZone"));
+        assert_eq!(w.values(1), vec!["Asia/Tokyo"]);
+    }
+    let plain = Wire::connect(pooler.port, &a.user, &a.password, &a.db);
+    assert_eq!(plain.params["application_name"], "dbconn:test/pod");
+    assert_eq!(plain.params["TimeZone"], direct_default_timezone(&a));
+    assert_eq!(
+        plain.params.keys().collect::<Vec<_>>(),
+        direct.params.keys().collect::<Vec<_>>()
+    );
+}
+
+/// The TimeZone a login straight to PostgreSQL is told when it sets none.
+fn direct_default_timezone(a: &App) -> String {
+    let w = Wire::connect(bed().postgres.port, &a.user, &a.password, &a.db);
+    w.params["TimeZone"].clone()
+}

@@ -395,11 +395,10 @@ impl Pool {
         self.ready.load(Ordering::Relaxed)
     }
 
-    pub fn server_params(&self) -> BTreeMap<String, String> {
-        self.server_params
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// Runs `f` on the server's parameters (ParameterStatus of the last server login; empty
+    /// before the first), read in place: a client login reads them without a copy.
+    pub fn with_server_params<R>(&self, f: impl FnOnce(&BTreeMap<String, String>) -> R) -> R {
+        f(&self.server_params.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn fresh(&self, c: &ServerConn, generation: u64, now: Instant) -> bool {

@@ -238,6 +238,8 @@ pub struct Wire {
     pub login: Vec<char>,
     /// The body of a NegotiateProtocolVersion, if one came.
     pub negotiated: Option<Vec<u8>>,
+    /// The parameters the login reported (ParameterStatus), by name.
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// One message of a protocol exchange as the client sees it: its tag, and for ErrorResponse
@@ -263,6 +265,7 @@ impl Wire {
             buf: Vec::new(),
             login: Vec::new(),
             negotiated: None,
+            params: Default::default(),
         };
         let mut scram = None;
         loop {
@@ -270,6 +273,11 @@ impl Wire {
             w.login.push(tag as char);
             if tag == b'v' {
                 w.negotiated = Some(body.clone());
+            }
+            if tag == b'S' {
+                let (k, v) = dbconn::pgwire::messages::parse_parameter_status(&body)
+                    .expect("ParameterStatus");
+                w.params.insert(k.to_owned(), v.to_owned());
             }
             match tag {
                 b'R' => {

@@ -158,7 +158,7 @@ pub(super) async fn startup(
     }
     // The first client before any server login: learn the server's parameters now, so the
     // client is told server_version, standard_conforming_strings and the rest.
-    if pool.server_params().is_empty() {
+    if pool.with_server_params(BTreeMap::is_empty) {
         let lease = pool.checkout().await.map_err(|e| {
             fatal(
                 CANNOT_CONNECT_NOW,
@@ -169,16 +169,28 @@ pub(super) async fn startup(
     }
     let mut out = Vec::with_capacity(512);
     messages::authentication(&mut out, auth::OK, &[]);
-    let mut shown = pool.server_params();
-    for k in REPORTED {
-        if let Some(v) = settings.get(k) {
-            shown.insert(k.to_owned(), v.clone());
+    // The server's parameters, with the client's own value of those it set that the server
+    // reports (and application_name, empty when neither has one).
+    pool.with_server_params(|server| {
+        let own = |k: &str| {
+            let v = REPORTED.contains(&k).then(|| settings.get(k)).flatten()?;
+            Some(if k == "application_name" {
+                clean_ascii(v, server.get("server_version").map(String::as_str))
+            } else {
+                std::borrow::Cow::Borrowed(v.as_str())
+            })
+        };
+        for (k, v) in server {
+            messages::parameter_status(&mut out, k, &own(k).unwrap_or(v.into()));
         }
-    }
-    shown.entry("application_name".into()).or_default();
-    for (k, v) in &shown {
-        messages::parameter_status(&mut out, k, v);
-    }
+        for k in REPORTED.iter().filter(|k| !server.contains_key(**k)) {
+            match own(k) {
+                Some(v) => messages::parameter_status(&mut out, k, &v),
+                None if *k == "application_name" => messages::parameter_status(&mut out, k, ""),
+                None => {}
+            }
+        }
+    });
     let mut key = [0u8; 8];
     getrandom::fill(&mut key).map_err(|e| fatal(SYSTEM_ERROR, format!("random: {e}")))?;
     let pid = i32::from_be_bytes([key[0], key[1], key[2], key[3]]) & i32::MAX;
@@ -309,9 +321,49 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// `application_name` as the server stores and reports it: each byte that is not printable
+/// ASCII becomes `?` before PostgreSQL 16 and a C-style `\xNN` escape from 16 on
+/// (`pg_clean_ascii`; PostgreSQL's documentation, runtime-config-logging.html, the
+/// application_name setting). `server_version` is the server's ParameterStatus; unknown means
+/// the newer rule.
+fn clean_ascii<'a>(value: &'a str, server_version: Option<&str>) -> std::borrow::Cow<'a, str> {
+    if value.bytes().all(|b| (32..=126).contains(&b)) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let major: Option<u32> = server_version.and_then(|v| {
+        let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+        v[..digits].parse().ok()
+    });
+    let mut out = String::with_capacity(value.len() * 4);
+    for b in value.bytes() {
+        match b {
+            32..=126 => out.push(char::from(b)),
+            _ if major.is_some_and(|m| m < 16) => out.push('?'),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn application_name_is_cleaned_as_the_server_version_cleans_it() {
+        assert_eq!(
+            clean_ascii("billing-1 (eu)", Some("15.18")),
+            "billing-1 (eu)"
+        );
+        assert_eq!(
+            clean_ascii("billing é", Some("15.18 (Debian 15.18-0+deb12u1)")),
+            "billing ??"
+        );
+        assert_eq!(clean_ascii("tab\there", Some("9.6.24")), "tab?here");
+        assert_eq!(clean_ascii("billing é", Some("16.4")), "billing \\xc3\\xa9");
+        assert_eq!(clean_ascii("あ", Some("17.2")), "\\xe3\\x81\\x82");
+        assert_eq!(clean_ascii("x\u{7f}", None), "x\\x7f");
+    }
 
     #[test]
     fn startup_options_become_settings() {
