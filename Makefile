@@ -47,7 +47,7 @@ fuzz: ## run each cargo-fuzz target for FUZZ_SECONDS (default 60) on the nightly
 	  (cd fuzz && cargo +nightly fuzz run $$t $$corpus corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096) || exit 1; \
 	done
 
-build: ## release build of the dbconn binary
+build: ## release build of the dbconn and dbconn-pooler binaries
 	$(CARGO) build --release --locked --bin dbconn --bin dbconn-pooler
 
 bed-up: setup ## start the test bed (PostgreSQL, control plane, a node) in the background and print KUBECONFIG=, DATABASE_URL=, …

@@ -249,6 +249,6 @@ RUST_LOG=warn "$pooler" --secret-dir "$dir" --listen "127.0.0.1:$p" --http-addr 
 pids+=($!)
 until curl -fs "http://127.0.0.1:$h/readyz" >/dev/null 2>&1; do sleep 0.005; done
 ready_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
-printf '\ndbconn pooler: idle RSS %.1f MiB (goal <= 8), peak RSS with 100 clients %.1f MiB (goal <= 32), ready %d ms after start (goal <= 100)\n' \
+printf '\ndbconn-pooler (the sidecar): idle RSS %.1f MiB (goal <= 8), peak RSS with 100 clients %.1f MiB (goal <= 32), ready %d ms after start (goal <= 100)\n' \
   "$(awk -v k="$idle_rss" 'BEGIN { print k / 1024 }')" "$(awk -v k="$busy_rss" 'BEGIN { print k / 1024 }')" "$ready_ms"
 echo "PgBouncer $(pgbouncer --version | head -1 | awk '{print $2}'); pool size $POOL_SIZE, transaction mode; $SECONDS_PER_ROW s per cell; pgbench -S -j 2, scale 10"

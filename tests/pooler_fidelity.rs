@@ -607,11 +607,11 @@ fn a_newer_protocol_minor_version_and_protocol_options_are_negotiated_down_to_3_
 }
 
 /// A login through the pooler reports the parameters a login straight to PostgreSQL reports,
-/// with the client's own values for those it set (client_encoding, DateStyle, TimeZone and
-/// IntervalStyle in PostgreSQL's spelling, which the pooler reports as sent, as PgBouncer
-/// does; application_name cleaned of non-ASCII bytes as the server version cleans it),
-/// however many clients log in. Without an application_name, the client is told the pool's
-/// (the name pg_stat_activity shows).
+/// with the client's own values for those it set, whatever the case of their names, spelled
+/// as the server spells them (application_name cleaned of non-ASCII bytes as the server
+/// version cleans it), however many clients log in; a value the
+/// server refuses fails the login with the server's error. Without an application_name, the
+/// client is told the pool's (the name pg_stat_activity shows).
 #[tokio::test]
 async fn a_login_reports_the_parameters_postgresql_reports_with_the_clients_own_values() {
     let a = app("params");
@@ -623,19 +623,35 @@ async fn a_login_reports_the_parameters_postgresql_reports_with_the_clients_own_
             ("user", &a.user),
             ("database", &a.db),
             ("application_name", "billing é"),
-            ("client_encoding", "LATIN1"),
-            ("DateStyle", "SQL, DMY"),
-            ("TimeZone", "Asia/Tokyo"),
-            ("IntervalStyle", "iso_8601"),
+            ("client_encoding", "latin1"),
+            // libpq's PGDATESTYLE and PGTZ send these names in lower case.
+            ("datestyle", "sql,dmy"),
+            ("timezone", "asia/tokyo"),
+            ("IntervalStyle", "ISO_8601"),
+            ("default_transaction_read_only", "yes"),
         ],
     );
     let direct = Wire::connect_with(bed().postgres.port, &packet, &a.password);
     assert_eq!(direct.params["TimeZone"], "Asia/Tokyo");
+    assert_eq!(direct.params["default_transaction_read_only"], "on");
     for _ in 0..3 {
         let mut w = Wire::connect_with(pooler.port, &packet, &a.password);
         assert_eq!(w.params, direct.params);
         w.send(&query("SHOW TimeZone"));
         assert_eq!(w.values(1), vec!["Asia/Tokyo"]);
+    }
+    for (name, bad) in [("TimeZone", "Mars/Olympus"), ("DateStyle", "ISO, Leap")] {
+        let packet = startup_with(
+            196_608,
+            &[("user", &a.user), ("database", &a.db), (name, bad)],
+        );
+        let refused = Wire::try_connect_with(bed().postgres.port, &packet, &a.password)
+            .err()
+            .expect("PostgreSQL refuses it");
+        let got = Wire::try_connect_with(pooler.port, &packet, &a.password)
+            .err()
+            .expect("the pooler refuses it");
+        assert_eq!(got, refused, "{name}={bad}");
     }
     let plain = Wire::connect(pooler.port, &a.user, &a.password, &a.db);
     assert_eq!(plain.params["application_name"], "dbconn:test/pod");

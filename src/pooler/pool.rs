@@ -2,7 +2,7 @@
 //! `query_wait_timeout`. A `Lease` returns its connection on `release`, and closes it when
 //! dropped without one (a dirty connection is never handed to another client).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -34,6 +34,9 @@ pub struct Credentials {
     pub generation: u64,
 }
 
+/// Spellings of reported settings a pool remembers (see `Pool::spelling`).
+const SPELLINGS: usize = 256;
+
 pub struct Pool {
     pub settings: Arc<Settings>,
     credentials: RwLock<Arc<Credentials>>,
@@ -41,6 +44,10 @@ pub struct Pool {
     permits: Arc<Semaphore>,
     /// The parameters the server reported last, shown to clients at startup.
     server_params: RwLock<BTreeMap<String, String>>,
+    /// How the server spells a reported setting's value a client gave otherwise
+    /// (`timezone=asia/tokyo` is `Asia/Tokyo`): (name, value as given) → as the server
+    /// reports it. At most `SPELLINGS` entries.
+    spellings: Mutex<HashMap<(String, String), String>>,
     /// Whether the last attempt to log in upstream worked.
     ready: AtomicBool,
     generation: AtomicU64,
@@ -156,6 +163,7 @@ impl Pool {
             settings,
             idle: Mutex::new(Vec::new()),
             server_params: RwLock::new(BTreeMap::new()),
+            spellings: Mutex::default(),
             ready: AtomicBool::new(false),
             cancels: Mutex::new(Cancels::default()),
             cancel_done: tokio::sync::Notify::new(),
@@ -393,6 +401,25 @@ impl Pool {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// How the server spells `value` of the reported setting `name`, if a login has asked it.
+    pub fn spelling(&self, name: &str, value: &str) -> Option<String> {
+        self.spellings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(name.to_owned(), value.to_owned()))
+            .cloned()
+    }
+
+    /// Remembers how the server spells `value` of `name` (forgetting all once `SPELLINGS`
+    /// are kept: clients give few spellings, and a client giving many costs a round trip each).
+    pub fn remember_spelling(&self, name: &str, value: &str, spelled: String) {
+        let mut spellings = self.spellings.lock().unwrap_or_else(|e| e.into_inner());
+        if spellings.len() >= SPELLINGS {
+            spellings.clear();
+        }
+        spellings.insert((name.to_owned(), value.to_owned()), spelled);
     }
 
     /// Runs `f` on the server's parameters (ParameterStatus of the last server login; empty

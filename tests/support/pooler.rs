@@ -253,6 +253,17 @@ impl Wire {
 
     /// Logs in with the given startup packet.
     pub fn connect_with(port: u16, startup_packet: &[u8], password: &str) -> Wire {
+        Wire::try_connect_with(port, startup_packet, password)
+            .unwrap_or_else(|(code, message)| panic!("login failed: {code} {message}"))
+    }
+
+    /// Logs in with the given startup packet; the ErrorResponse's SQLSTATE and message when
+    /// the login fails.
+    pub fn try_connect_with(
+        port: u16,
+        startup_packet: &[u8],
+        password: &str,
+    ) -> Result<Wire, (String, String)> {
         use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
         use std::io::Write;
         let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -311,8 +322,8 @@ impl Wire {
                         other => panic!("authentication {other}"),
                     }
                 }
-                b'E' => panic!("login failed: {}", String::from_utf8_lossy(&body)),
-                b'Z' => return w,
+                b'E' => return Err(dbconn::pgwire::messages::parse_error(&body)),
+                b'Z' => return Ok(w),
                 _ => {}
             }
         }

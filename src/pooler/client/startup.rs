@@ -15,25 +15,17 @@ use super::{ClientError, fatal, fill};
 use crate::pgwire::frame::{self, Startup, body};
 use crate::pgwire::messages::{self, IDLE, auth};
 use crate::pgwire::sqlstate::{
-    CANNOT_CONNECT_NOW, INVALID_AUTHORIZATION, INVALID_CATALOG_NAME, INVALID_PARAMETER_VALUE,
-    INVALID_PASSWORD, PROTOCOL_VIOLATION, SYSTEM_ERROR,
+    CANNOT_CONNECT_NOW, CONNECTION_FAILURE, INVALID_AUTHORIZATION, INVALID_CATALOG_NAME,
+    INVALID_PARAMETER_VALUE, INVALID_PASSWORD, PROTOCOL_VIOLATION, SYSTEM_ERROR,
 };
 use crate::pgwire::{WireError, scram};
 use crate::pooler::config::ClientAuth;
 use crate::pooler::pool::Pool;
+use crate::pooler::server::ServerError;
+use crate::postgres::quote::literal;
 
 /// Startup parameters that are not session settings.
 const NOT_SETTINGS: [&str; 4] = ["user", "database", "replication", "options"];
-
-/// Session settings PostgreSQL reports with ParameterStatus; a client's own value replaces
-/// the server's in what the client is told at startup.
-const REPORTED: [&str; 5] = [
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "IntervalStyle",
-    "TimeZone",
-];
 
 /// Reads one typed message during authentication.
 async fn read_auth_message(
@@ -167,28 +159,41 @@ pub(super) async fn startup(
         })?;
         lease.release();
     }
+    // The client's own value of each setting the server reports (ParameterStatus; a setting's
+    // name matches whatever its case, as libpq's PGTZ sends `timezone`), spelled as the server
+    // spells it.
+    let (theirs, server_version) = pool.with_server_params(|server| {
+        let theirs: Vec<(String, &String)> = settings
+            .iter()
+            .filter_map(|(k, v)| {
+                let (name, value) = server.iter().find(|(s, _)| s.eq_ignore_ascii_case(k))?;
+                (value != v).then(|| (name.clone(), v))
+            })
+            .collect();
+        (theirs, server.get("server_version").cloned())
+    });
+    let mut own = BTreeMap::new();
+    for (name, v) in theirs {
+        let shown = if name == "application_name" {
+            clean_ascii(v, server_version.as_deref()).into_owned()
+        } else if let Some(s) = pool.spelling(&name, v) {
+            s
+        } else {
+            let s = server_spelling(pool, &name, v).await?;
+            pool.remember_spelling(&name, v, s.clone());
+            s
+        };
+        own.insert(name, shown);
+    }
     let mut out = Vec::with_capacity(512);
     messages::authentication(&mut out, auth::OK, &[]);
-    // The server's parameters, with the client's own value of those it set that the server
-    // reports (and application_name, empty when neither has one).
     pool.with_server_params(|server| {
-        let own = |k: &str| {
-            let v = REPORTED.contains(&k).then(|| settings.get(k)).flatten()?;
-            Some(if k == "application_name" {
-                clean_ascii(v, server.get("server_version").map(String::as_str))
-            } else {
-                std::borrow::Cow::Borrowed(v.as_str())
-            })
-        };
         for (k, v) in server {
-            messages::parameter_status(&mut out, k, &own(k).unwrap_or(v.into()));
+            messages::parameter_status(&mut out, k, own.get(k).unwrap_or(v));
         }
-        for k in REPORTED.iter().filter(|k| !server.contains_key(**k)) {
-            match own(k) {
-                Some(v) => messages::parameter_status(&mut out, k, &v),
-                None if *k == "application_name" => messages::parameter_status(&mut out, k, ""),
-                None => {}
-            }
+        // Always reported, if only empty.
+        if !server.contains_key("application_name") {
+            messages::parameter_status(&mut out, "application_name", "");
         }
     });
     let mut key = [0u8; 8];
@@ -319,6 +324,46 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
         out.push((k.replace('-', "_"), v.to_owned()));
     }
     Ok(out)
+}
+
+/// How the server spells `value` of the reported setting `name` (`SET LOCAL` in a
+/// transaction of its own, so the server connection keeps nothing): `iso` is `ISO, MDY`. A
+/// value the server refuses fails the login with the server's message, as a login straight
+/// to PostgreSQL fails (runtime-config-client.html).
+async fn server_spelling(pool: &Arc<Pool>, name: &str, value: &str) -> Result<String, ClientError> {
+    let mut lease = pool.checkout().await.map_err(|e| {
+        fatal(
+            CANNOT_CONNECT_NOW,
+            format!("cannot reach the server yet: {e}"),
+        )
+    })?;
+    let sql = format!(
+        "SELECT pg_catalog.set_config({}, {}, true)",
+        literal(name),
+        literal(value)
+    );
+    match super::transaction::run(lease.conn(), &sql, pool.settings.max_message_bytes).await {
+        Ok(row) => {
+            lease.release();
+            Ok(row
+                .and_then(|r| r.into_iter().next().flatten())
+                .unwrap_or_else(|| value.to_owned()))
+        }
+        Err(ServerError::Refused { code, message }) => {
+            lease.release();
+            let code = if code == INVALID_PARAMETER_VALUE {
+                INVALID_PARAMETER_VALUE
+            } else {
+                PROTOCOL_VIOLATION
+            };
+            Err(fatal(code, message))
+        }
+        // The lease is dropped: a connection in an unknown state closes.
+        Err(e) => Err(fatal(
+            CONNECTION_FAILURE,
+            format!("checking {name} with the server: {e}"),
+        )),
+    }
 }
 
 /// `application_name` as the server stores and reports it: each byte that is not printable
