@@ -34,8 +34,8 @@ pub struct Credentials {
     pub generation: u64,
 }
 
-/// Spellings of reported settings a pool remembers (see `Pool::spelling`).
-const SPELLINGS: usize = 256;
+/// Spellings of one reported setting a pool remembers (see `Pool::spelling`).
+const SPELLINGS: usize = 64;
 
 pub struct Pool {
     pub settings: Arc<Settings>,
@@ -45,9 +45,10 @@ pub struct Pool {
     /// The parameters the server reported last, shown to clients at startup.
     server_params: RwLock<BTreeMap<String, String>>,
     /// How the server spells a reported setting's value a client gave otherwise
-    /// (`timezone=asia/tokyo` is `Asia/Tokyo`): (name, value as given) → as the server
-    /// reports it. At most `SPELLINGS` entries.
-    spellings: Mutex<HashMap<(String, String), String>>,
+    /// (`timezone=asia/tokyo` is `Asia/Tokyo`): name → value as given → as the server
+    /// reports it. At most `SPELLINGS` values per name (the names are the server's reported
+    /// settings, a dozen or so).
+    spellings: Mutex<HashMap<String, HashMap<String, String>>>,
     /// Whether the last attempt to log in upstream worked.
     ready: AtomicBool,
     generation: AtomicU64,
@@ -408,18 +409,21 @@ impl Pool {
         self.spellings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(name.to_owned(), value.to_owned()))
+            .get(name)?
+            .get(value)
             .cloned()
     }
 
-    /// Remembers how the server spells `value` of `name` (forgetting all once `SPELLINGS`
-    /// are kept: clients give few spellings, and a client giving many costs a round trip each).
+    /// Remembers how the server spells `value` of `name` (forgetting that name's once
+    /// `SPELLINGS` are kept: clients give few spellings, and a client giving many costs a
+    /// round trip each).
     pub fn remember_spelling(&self, name: &str, value: &str, spelled: String) {
         let mut spellings = self.spellings.lock().unwrap_or_else(|e| e.into_inner());
-        if spellings.len() >= SPELLINGS {
-            spellings.clear();
+        let values = spellings.entry(name.to_owned()).or_default();
+        if values.len() >= SPELLINGS {
+            values.clear();
         }
-        spellings.insert((name.to_owned(), value.to_owned()), spelled);
+        values.insert(value.to_owned(), spelled);
     }
 
     /// Runs `f` on the server's parameters (ParameterStatus of the last server login; empty

@@ -20,7 +20,7 @@ use crate::pgwire::sqlstate::{
 };
 use crate::pgwire::{WireError, scram};
 use crate::pooler::config::ClientAuth;
-use crate::pooler::pool::Pool;
+use crate::pooler::pool::{Lease, Pool};
 use crate::pooler::server::ServerError;
 use crate::postgres::quote::literal;
 
@@ -151,13 +151,7 @@ pub(super) async fn startup(
     // The first client before any server login: learn the server's parameters now, so the
     // client is told server_version, standard_conforming_strings and the rest.
     if pool.with_server_params(BTreeMap::is_empty) {
-        let lease = pool.checkout().await.map_err(|e| {
-            fatal(
-                CANNOT_CONNECT_NOW,
-                format!("cannot reach the server yet: {e}"),
-            )
-        })?;
-        lease.release();
+        login_lease(pool).await?.release();
     }
     // The client's own value of each setting the server reports (ParameterStatus; a setting's
     // name matches whatever its case, as libpq's PGTZ sends `timezone`), spelled as the server
@@ -326,17 +320,22 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// A server connection for a login that must ask the server something first.
+async fn login_lease(pool: &Arc<Pool>) -> Result<Lease, ClientError> {
+    pool.checkout().await.map_err(|e| {
+        fatal(
+            CANNOT_CONNECT_NOW,
+            format!("cannot reach the server yet: {e}"),
+        )
+    })
+}
+
 /// How the server spells `value` of the reported setting `name` (`SET LOCAL` in a
 /// transaction of its own, so the server connection keeps nothing): `iso` is `ISO, MDY`. A
 /// value the server refuses fails the login with the server's message, as a login straight
 /// to PostgreSQL fails (runtime-config-client.html).
 async fn server_spelling(pool: &Arc<Pool>, name: &str, value: &str) -> Result<String, ClientError> {
-    let mut lease = pool.checkout().await.map_err(|e| {
-        fatal(
-            CANNOT_CONNECT_NOW,
-            format!("cannot reach the server yet: {e}"),
-        )
-    })?;
+    let mut lease = login_lease(pool).await?;
     let sql = format!(
         "SELECT pg_catalog.set_config({}, {}, true)",
         literal(name),
